@@ -1,0 +1,57 @@
+"""Optional API keys: stored as SHA-256 digests, compared in constant time, never logged."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable
+
+from starlette.requests import Request
+
+from cvserve.errors import Unauthorized
+
+UNAUTHORIZED_BODY = {"Message": "User is not authorized to access this resource"}
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
+
+
+class KeyChecker:
+    def __init__(self, keys: Iterable[str]) -> None:
+        self._digests = [_digest(k) for k in keys if k]
+
+    @property
+    def required(self) -> bool:
+        return bool(self._digests)
+
+    def valid(self, key: str | None) -> bool:
+        if not self._digests:
+            return True
+        if not key:
+            return False
+        d = _digest(key)
+        ok = False
+        for known in self._digests:  # no early exit: timing must not reveal which key matched
+            ok |= hmac.compare_digest(d, known)
+        return ok
+
+    @staticmethod
+    def key_from(request: Request, body_key: str | None = None) -> str | None:
+        """api_key query param, `Authorization: Bearer`, `api-key` header, or a JSON body field."""
+        key = request.query_params.get("api_key")
+        if key:
+            return key
+        auth = request.headers.get("authorization", "")
+        if auth[:7].lower() == "bearer ":
+            return auth[7:].strip()
+        header = request.headers.get("api-key")
+        if header:
+            return header
+        return body_key
+
+    def check(self, request: Request, body_key: str | None = None) -> str | None:
+        key = self.key_from(request, body_key)
+        if not self.valid(key):
+            raise Unauthorized("User is not authorized to access this resource")
+        return key

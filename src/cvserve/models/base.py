@@ -1,0 +1,97 @@
+"""What every model is: a task, class names, and `predict(image, params) -> Prediction`.
+
+Models never know about HTTP. Images arrive as RGB uint8 arrays (H, W, 3), already
+EXIF-oriented; results come back in those pixels.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import numpy as np
+
+from cvserve.results import Prediction
+
+
+class Task(str, Enum):
+    OBJECT_DETECTION = "object-detection"
+    INSTANCE_SEGMENTATION = "instance-segmentation"
+    KEYPOINT_DETECTION = "keypoint-detection"
+    CLASSIFICATION = "classification"
+    SEMANTIC_SEGMENTATION = "semantic-segmentation"
+    PROMPTABLE_SEGMENTATION = "promptable-segmentation"  # SAM: used by the jobs API
+
+    @property
+    def detection_like(self) -> bool:
+        return self in (
+            Task.OBJECT_DETECTION,
+            Task.INSTANCE_SEGMENTATION,
+            Task.KEYPOINT_DETECTION,
+        )
+
+
+@dataclass(frozen=True)
+class InferParams:
+    """Post-processing knobs, as fractions (the HTTP layer converts percentages)."""
+
+    confidence: float = 0.4
+    iou: float = 0.3
+    max_detections: int = 300
+    class_filter: frozenset[str] | None = None
+    keypoint_confidence: float = 0.0
+    # Opt-in speed shortcut: decode/resize may approximate the reference pixels.
+    fast_preprocess: bool = False
+
+    @classmethod
+    def defaults_for(cls, task: Task) -> InferParams:
+        if task is Task.SEMANTIC_SEGMENTATION or task is Task.CLASSIFICATION:
+            return cls(confidence=0.5)
+        return cls()
+
+
+@dataclass
+class ModelInfo:
+    """What `models list`, `/model/registry` and the web page show about a model."""
+
+    model_id: str
+    task: Task
+    class_names: list[str]
+    input_size: tuple[int, int] | None  # (width, height)
+    family: str
+    multilabel: bool = False
+    source: dict[str, Any] | None = None  # package, version, licence, file
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "model_id": self.model_id,
+            "task_type": self.task.value,
+            "family": self.family,
+            "classes": self.class_names,
+            "input_size": list(self.input_size) if self.input_size else None,
+            "multilabel": self.multilabel,
+            "source": self.source or {},
+        }
+
+
+class Model(ABC):
+    """A loaded model. Implementations must be thread-safe: `predict` runs on worker threads."""
+
+    info: ModelInfo
+
+    @property
+    def task(self) -> Task:
+        return self.info.task
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.info.class_names
+
+    @abstractmethod
+    def predict(self, image: np.ndarray, params: InferParams) -> Prediction:
+        """Run the model on one RGB uint8 image (H, W, 3)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release sessions; called when the model is unloaded."""

@@ -1,0 +1,72 @@
+"""`cvserve.json`: the manifest each model folder in the store carries.
+
+It names the task, the family (which decoder runs), the ONNX files, class names, and the
+preprocessing the model was trained with. Importers (Ultralytics metadata, the peer's
+layout, user configs) and the zoo all write this one format.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cvserve.errors import ModelLoadError
+from cvserve.models.base import Task
+
+MANIFEST_NAME = "cvserve.json"
+
+
+class Preprocess(BaseModel):
+    """How an RGB image becomes the model's input tensor.
+
+    value = (pixel * scale - mean) / std, per channel in `color` order.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    resize: Literal["letterbox", "stretch", "center-crop", "fit", "none"] = "letterbox"
+    size: tuple[int, int] | None = None  # (width, height); None: from the ONNX input shape
+    pad_value: int = 114
+    # Letterbox placement: "center" (Ultralytics, peer) or "top-left".
+    pad_align: Literal["center", "top-left"] = "center"
+    color: Literal["rgb", "bgr"] = "rgb"
+    layout: Literal["nchw", "nhwc"] = "nchw"
+    dtype: Literal["float32", "uint8", "float16", "int32"] = "float32"
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    interpolation: Literal["linear", "area", "nearest", "pil-bilinear"] = "linear"
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: int = 1
+    task: Task
+    family: str
+    weights: str = "model.onnx"
+    files: dict[str, str] = Field(default_factory=dict)  # extra ONNX files by role
+    class_names: list[str] = Field(default_factory=list)
+    multilabel: bool = False
+    preprocess: Preprocess = Field(default_factory=Preprocess)
+    postprocess: dict[str, Any] = Field(default_factory=dict)  # family-specific options
+    keypoint_names: list[str] = Field(default_factory=list)
+    skeleton: list[tuple[int, int]] = Field(default_factory=list)
+    source: dict[str, Any] = Field(default_factory=dict)  # package, version, licence, notes
+
+    @classmethod
+    def read(cls, folder: Path) -> Manifest:
+        path = folder / MANIFEST_NAME
+        try:
+            return cls.model_validate(json.loads(path.read_text()))
+        except FileNotFoundError as e:
+            raise ModelLoadError(f"{folder} has no {MANIFEST_NAME}") from e
+        except (ValidationError, json.JSONDecodeError) as e:
+            raise ModelLoadError(f"invalid {path}: {e}") from e
+
+    def write(self, folder: Path) -> None:
+        data = self.model_dump(mode="json", exclude_defaults=False)
+        (folder / MANIFEST_NAME).write_text(json.dumps(data, indent=2) + "\n")

@@ -1,0 +1,118 @@
+"""Image -> input tensor, and the exact inverse for coordinates.
+
+Letterbox follows Ultralytics' arithmetic (round(dw - 0.1) on each side, pad 114,
+INTER_LINEAR) so the pixels the model sees match its reference preprocessing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from cvserve.models.manifest import Preprocess
+
+_CV_INTERP = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "nearest": cv2.INTER_NEAREST}
+
+
+@dataclass(frozen=True)
+class Transform:
+    """Maps model-input coordinates back to input-image pixels: x_img = (x_in - pad_x) / sx."""
+
+    scale_x: float
+    scale_y: float
+    pad_x: float
+    pad_y: float
+    width: int  # input image size
+    height: int
+    # The region of the model input that holds image pixels (x0, y0, x1, y1).
+    content: tuple[int, int, int, int]
+
+    def boxes_to_image(self, xyxy: np.ndarray, clip: bool = True) -> np.ndarray:
+        out = np.empty_like(xyxy, dtype=np.float32)
+        out[:, 0::2] = (xyxy[:, 0::2] - self.pad_x) / self.scale_x
+        out[:, 1::2] = (xyxy[:, 1::2] - self.pad_y) / self.scale_y
+        if clip:
+            np.clip(out[:, 0::2], 0, self.width, out=out[:, 0::2])
+            np.clip(out[:, 1::2], 0, self.height, out=out[:, 1::2])
+        return out
+
+    def points_to_image(self, xy: np.ndarray) -> np.ndarray:
+        """xy (..., 2) in model input pixels -> image pixels (not clipped)."""
+        out = np.empty(xy.shape, dtype=np.float32)
+        out[..., 0] = (xy[..., 0] - self.pad_x) / self.scale_x
+        out[..., 1] = (xy[..., 1] - self.pad_y) / self.scale_y
+        return out
+
+
+def _resize(image: np.ndarray, w: int, h: int, interpolation: str) -> np.ndarray:
+    if image.shape[1] == w and image.shape[0] == h:
+        return image
+    if interpolation == "pil-bilinear":
+        # Matches torchvision/PIL reference pipelines (antialiased bilinear).
+        return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+    return cv2.resize(image, (w, h), interpolation=_CV_INTERP[interpolation])
+
+
+def letterbox_geometry(
+    width: int, height: int, in_w: int, in_h: int, align: str = "center"
+) -> tuple[float, int, int, int, int]:
+    """(ratio, new_w, new_h, left, top) exactly as Ultralytics' LetterBox computes them."""
+    r = min(in_h / height, in_w / width)
+    new_w, new_h = int(round(width * r)), int(round(height * r))
+    if align == "top-left":
+        return r, new_w, new_h, 0, 0
+    dw, dh = (in_w - new_w) / 2, (in_h - new_h) / 2
+    return r, new_w, new_h, int(round(dw - 0.1)), int(round(dh - 0.1))
+
+
+def prepare(image: np.ndarray, spec: Preprocess, in_w: int, in_h: int) -> tuple[np.ndarray, Transform]:
+    """Resize/pad an RGB uint8 image to (in_h, in_w, 3) uint8 and return the inverse transform."""
+    h, w = image.shape[:2]
+    if spec.resize == "letterbox" or spec.resize == "fit":
+        r, new_w, new_h, left, top = letterbox_geometry(w, h, in_w, in_h, spec.pad_align)
+        resized = _resize(image, new_w, new_h, spec.interpolation)
+        canvas = np.full((in_h, in_w, 3), spec.pad_value, dtype=np.uint8)
+        canvas[top : top + new_h, left : left + new_w] = resized
+        # Ultralytics inverts with the single gain r, not new_w / w.
+        t = Transform(r, r, left, top, w, h, (left, top, left + new_w, top + new_h))
+        return canvas, t
+    if spec.resize == "stretch":
+        resized = _resize(image, in_w, in_h, spec.interpolation)
+        return resized, Transform(in_w / w, in_h / h, 0, 0, w, h, (0, 0, in_w, in_h))
+    if spec.resize == "center-crop":
+        # Resize the short side to the input size, then crop the centre (classifiers).
+        r = max(in_w / w, in_h / h)
+        new_w, new_h = max(in_w, int(round(w * r))), max(in_h, int(round(h * r)))
+        resized = _resize(image, new_w, new_h, spec.interpolation)
+        left, top = (new_w - in_w) // 2, (new_h - in_h) // 2
+        crop = resized[top : top + in_h, left : left + in_w]
+        return crop, Transform(r, r, -left, -top, w, h, (0, 0, in_w, in_h))
+    # "none": the model takes the image as is (dynamic input).
+    return image, Transform(1.0, 1.0, 0, 0, w, h, (0, 0, w, h))
+
+
+def to_tensor(pixels: np.ndarray, spec: Preprocess, dtype: type | None = None) -> np.ndarray:
+    """(H, W, 3) RGB uint8 -> a batch of one in the model's layout, colour order and scale."""
+    if spec.color == "bgr":
+        pixels = pixels[..., ::-1]
+    target = dtype or {"float32": np.float32, "float16": np.float16, "uint8": np.uint8, "int32": np.int32}[
+        spec.dtype
+    ]
+    if target in (np.uint8, np.int32):
+        arr = pixels.astype(target, copy=False)
+    else:
+        arr = pixels.astype(np.float32)
+        if spec.scale != 1.0:
+            arr *= np.float32(spec.scale)
+        if any(spec.mean):
+            arr -= np.asarray(spec.mean, np.float32)
+        if any(s != 1.0 for s in spec.std):
+            arr /= np.asarray(spec.std, np.float32)
+        if target is not np.float32:
+            arr = arr.astype(target)
+    if spec.layout == "nchw":
+        arr = arr.transpose(2, 0, 1)
+    return np.ascontiguousarray(arr[None])

@@ -1,0 +1,85 @@
+"""ONNX Runtime sessions: created with the machine's threads, handed out to inference lanes.
+
+A model holds one `SessionPool`. With `workers` lanes, each lane owns its own session with
+cores/lanes intra-op threads, so lanes run side by side without oversubscribing cores.
+"""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from cvserve.errors import ModelLoadError
+
+_ORT_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(uint8)": np.uint8,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+    "tensor(double)": np.float64,
+    "tensor(bool)": np.bool_,
+}
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    lanes: int = 1
+    threads_per_lane: int = 1
+
+
+def make_session(path: Path, threads: int) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    # Threads spinning after a run burn the core another lane or the HTTP loop needs.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # ORT raises several unrelated types for bad files
+        raise ModelLoadError(f"cannot load ONNX file {path.name}: {e}") from e
+
+
+class SessionPool:
+    """`lanes` identical sessions; `with pool.session() as s:` borrows one."""
+
+    def __init__(self, path: Path, options: RuntimeOptions) -> None:
+        self.path = path
+        self._sessions = [make_session(path, options.threads_per_lane) for _ in range(options.lanes)]
+        self._free: queue.SimpleQueue[ort.InferenceSession] = queue.SimpleQueue()
+        for s in self._sessions:
+            self._free.put(s)
+        first = self._sessions[0]
+        self.inputs = first.get_inputs()
+        self.outputs = first.get_outputs()
+        self.input_names = [i.name for i in self.inputs]
+        self.output_names = [o.name for o in self.outputs]
+        self.metadata: dict[str, str] = dict(first.get_modelmeta().custom_metadata_map)
+
+    @property
+    def lanes(self) -> int:
+        return len(self._sessions)
+
+    def input_dtype(self, index: int = 0) -> type:
+        return _ORT_DTYPES.get(self.inputs[index].type, np.float32)
+
+    @contextmanager
+    def session(self) -> Iterator[ort.InferenceSession]:
+        s = self._free.get()
+        try:
+            yield s
+        finally:
+            self._free.put(s)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        with self.session() as s:
+            return s.run(None, feeds)

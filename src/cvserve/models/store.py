@@ -1,0 +1,146 @@
+"""The model store on disk: `<root>/<dataset>/<version>/cvserve.json` plus ONNX files.
+
+Listing reads manifests only. Loading builds sessions once per model, off the event
+loop, under a per-model lock, so loading one model never blocks requests to another.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+from cvserve.errors import BadRequest, ModelLoadError, ModelNotFound
+from cvserve.models import registry
+from cvserve.models.base import Model, ModelInfo
+from cvserve.models.manifest import MANIFEST_NAME, Manifest
+from cvserve.models.runtime import RuntimeOptions
+
+_ID_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+
+
+def parse_model_id(model_id: str) -> tuple[str, str]:
+    """'dataset/version' -> (dataset, version); both url-safe, no path tricks."""
+    parts = model_id.strip("/").split("/")
+    if len(parts) != 2 or not all(_ID_PART.match(p) and p not in (".", "..") for p in parts):
+        raise BadRequest(f"invalid model id {model_id!r}: expected DATASET/VERSION (url-safe names)")
+    return parts[0], parts[1]
+
+
+def info_from_manifest(model_id: str, manifest: Manifest) -> ModelInfo:
+    size = manifest.preprocess.size
+    return ModelInfo(
+        model_id=model_id,
+        task=manifest.task,
+        class_names=list(manifest.class_names),
+        input_size=(int(size[0]), int(size[1])) if size else None,
+        family=manifest.family,
+        multilabel=manifest.multilabel,
+        source=dict(manifest.source),
+    )
+
+
+class ModelStore:
+    def __init__(self, root: Path, options: RuntimeOptions | None = None) -> None:
+        self.root = root
+        self.options = options or RuntimeOptions()
+        self._models: dict[str, Model] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    # -- on-disk -------------------------------------------------------------------------
+    def folder(self, model_id: str) -> Path:
+        dataset, version = parse_model_id(model_id)
+        return self.root / dataset / version
+
+    def exists(self, model_id: str) -> bool:
+        try:
+            return (self.folder(model_id) / MANIFEST_NAME).is_file()
+        except BadRequest:
+            return False
+
+    def ids(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        found = []
+        for manifest in sorted(self.root.glob(f"*/*/{MANIFEST_NAME}")):
+            found.append(f"{manifest.parent.parent.name}/{manifest.parent.name}")
+        return found
+
+    def manifest(self, model_id: str) -> Manifest:
+        folder = self.folder(model_id)
+        if not (folder / MANIFEST_NAME).is_file():
+            raise ModelNotFound(f"model {model_id} is not in the store")
+        return Manifest.read(folder)
+
+    def infos(self) -> list[ModelInfo]:
+        out = []
+        for mid in self.ids():
+            try:
+                out.append(info_from_manifest(mid, self.manifest(mid)))
+            except ModelLoadError:
+                continue  # a broken folder must not hide the others
+        return out
+
+    def install(self, model_id: str, staged: Path, *, replace: bool = False) -> Path:
+        """Move a fully written folder into place atomically (a failed import leaves nothing)."""
+        Manifest.read(staged)  # refuse half-written folders
+        dest = self.folder(model_id)
+        if dest.exists() and not replace:
+            raise BadRequest(f"model {model_id} already exists (remove it first)")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp_old = None
+        if dest.exists():
+            tmp_old = dest.with_name(dest.name + ".old-" + next(tempfile._get_candidate_names()))
+            dest.rename(tmp_old)
+        shutil.move(str(staged), str(dest))
+        if tmp_old is not None:
+            shutil.rmtree(tmp_old, ignore_errors=True)
+        self.unload(model_id)
+        return dest
+
+    def staging_dir(self) -> Path:
+        """A scratch folder on the store's filesystem, so install() is a rename."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
+
+    def remove(self, model_id: str) -> None:
+        folder = self.folder(model_id)
+        if not folder.exists():
+            raise ModelNotFound(f"model {model_id} is not in the store")
+        self.unload(model_id)
+        shutil.rmtree(folder)
+        try:
+            folder.parent.rmdir()
+        except OSError:
+            pass
+
+    # -- loaded models -------------------------------------------------------------------
+    def loaded(self, model_id: str) -> Model | None:
+        return self._models.get(model_id)
+
+    def get(self, model_id: str) -> Model:
+        """The loaded model, loading it first if needed (blocking: call from a thread)."""
+        model = self._models.get(model_id)
+        if model is not None:
+            return model
+        with self._guard:
+            lock = self._locks.setdefault(model_id, threading.Lock())
+        with lock:
+            model = self._models.get(model_id)
+            if model is None:
+                manifest = self.manifest(model_id)
+                model = registry.load(model_id, manifest, self.folder(model_id), self.options)
+                self._models[model_id] = model
+        return model
+
+    def unload(self, model_id: str) -> None:
+        model = self._models.pop(model_id, None)
+        if model is not None:
+            model.close()
+
+    def close(self) -> None:
+        for mid in list(self._models):
+            self.unload(mid)
