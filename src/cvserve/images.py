@@ -1,0 +1,175 @@
+"""Bytes -> RGB pixels (EXIF-oriented, size-capped), and the base64 forms clients send.
+
+The header is read before any pixel is allocated, so decompression bombs are refused
+cheaply. JPEGs decode with libjpeg-turbo (simplejpeg); everything else with OpenCV,
+falling back to Pillow for formats OpenCV lacks.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+
+import cv2
+import numpy as np
+import simplejpeg
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from cvserve.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+
+# Pillow's own bomb check is a warning by default; we enforce our limits explicitly.
+Image.MAX_IMAGE_PIXELS = None
+
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\xff\xd8\xff", "jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"GIF87a", "gif"),
+    (b"GIF89a", "gif"),
+    (b"BM", "bmp"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+)
+_DATA_URI = re.compile(rb"^\s*data:[^,;]*(;[^,]*)?,", re.IGNORECASE)
+_B64_JUNK = re.compile(rb"[\s]+")
+_EXIF_ORIENTATION = 0x0112
+
+
+def sniff(data: bytes) -> str | None:
+    """Image format from magic bytes, or None."""
+    for magic, kind in _MAGIC:
+        if data.startswith(magic):
+            return kind
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+def decode_base64(text: bytes | str) -> bytes:
+    """Base64 (standard or url-safe, any line wrapping, optional data: URI prefix) -> bytes."""
+    raw = text.encode("latin-1", "replace") if isinstance(text, str) else text
+    m = _DATA_URI.match(raw)
+    if m:
+        raw = raw[m.end() :]
+    raw = _B64_JUNK.sub(b"", raw)
+    if not raw:
+        raise BadRequest("no image in the request: send base64 text, a file, or ?image=URL")
+    # Form-encoding turns '+' into ' ' (already stripped above) and may leave %2B etc.
+    if b"%" in raw[:64]:
+        from urllib.parse import unquote_to_bytes
+
+        raw = unquote_to_bytes(raw)
+    if b"-" in raw or b"_" in raw:
+        raw = raw.replace(b"-", b"+").replace(b"_", b"/")
+    pad = (-len(raw)) % 4
+    if pad == 3:
+        raise BadRequest("request body is not valid base64 (bad length)")
+    try:
+        return base64.b64decode(raw + b"=" * pad, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise BadRequest("request body is neither an image nor valid base64 image data") from e
+
+
+def _check_size(width: int, height: int, max_pixels: int, max_side: int) -> None:
+    if width <= 0 or height <= 0:
+        raise BadRequest(f"image has an empty size ({width}x{height})")
+    if width > max_side or height > max_side:
+        raise PayloadTooLarge(
+            f"image is {width}x{height} pixels; each side may be at most {max_side}"
+        )
+    if width * height > max_pixels:
+        raise PayloadTooLarge(
+            f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
+        )
+
+
+def _orientation(pil: Image.Image) -> int:
+    try:
+        return int(pil.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:  # corrupt EXIF must not fail an otherwise good image
+        return 1
+
+
+def _apply_orientation(rgb: np.ndarray, orientation: int) -> np.ndarray:
+    if orientation == 2:
+        return rgb[:, ::-1]
+    if orientation == 3:
+        return rgb[::-1, ::-1]
+    if orientation == 4:
+        return rgb[::-1]
+    if orientation == 5:
+        return rgb.transpose(1, 0, 2)
+    if orientation == 6:
+        return np.rot90(rgb, -1)
+    if orientation == 7:
+        return np.rot90(rgb, 1)[::-1]
+    if orientation == 8:
+        return np.rot90(rgb, 1)
+    return rgb
+
+
+def decode_image(
+    data: bytes, *, max_pixels: int = 80_000_000, max_side: int = 20_000, reduce: int = 1
+) -> np.ndarray:
+    """Decode an encoded image into a contiguous RGB uint8 array (H, W, 3), EXIF-oriented.
+
+    `reduce` (1, 2, 4, 8) lets JPEGs decode straight to a smaller size with libjpeg's DCT
+    scaling: an opt-in speed shortcut that changes the pixels the model sees.
+    """
+    if not data:
+        raise BadRequest("image is empty (0 bytes)")
+    kind = sniff(data)
+    if kind is None:
+        raise UnsupportedMediaType(
+            "unsupported or unrecognised image data; send JPEG, PNG, WebP, BMP, TIFF or GIF"
+        )
+    try:
+        pil = Image.open(io.BytesIO(data))
+        width, height = pil.size
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise BadRequest(f"cannot read {kind.upper()} header: image is corrupt or truncated") from e
+    _check_size(width, height, max_pixels, max_side)
+    orientation = _orientation(pil) if kind in ("jpeg", "tiff", "webp", "png") else 1
+    rgb = _decode_pixels(data, kind, pil, reduce)
+    if orientation != 1:
+        rgb = _apply_orientation(rgb, orientation)
+    return np.ascontiguousarray(rgb)
+
+
+def _decode_pixels(data: bytes, kind: str, pil: Image.Image, reduce: int) -> np.ndarray:
+    if kind == "jpeg":
+        try:
+            if reduce > 1:
+                w, h = pil.size
+                return simplejpeg.decode_jpeg(
+                    data, colorspace="RGB", min_width=-(-w // reduce), min_height=-(-h // reduce)
+                )
+            return simplejpeg.decode_jpeg(data, colorspace="RGB")
+        except (ValueError, RuntimeError):
+            pass  # CMYK and odd JPEGs: fall through to the general decoders
+    if kind in ("png", "bmp", "webp", "tiff", "jpeg"):
+        buf = np.frombuffer(data, np.uint8)
+        # Orientation is applied by us (from the header we already read), not by OpenCV.
+        img = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        if img is not None:
+            return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    try:
+        pil.load()
+        return np.asarray(pil.convert("RGB"))
+    except (OSError, ValueError, SyntaxError) as e:
+        raise BadRequest(f"cannot decode {kind.upper()} image: data is corrupt or truncated") from e
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
+    return simplejpeg.encode_jpeg(np.ascontiguousarray(rgb), quality=quality, colorspace="RGB")
+
+
+def encode_png(gray_or_rgb: np.ndarray) -> bytes:
+    arr = gray_or_rgb
+    if arr.ndim == 3:
+        arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", arr, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return buf.tobytes()
