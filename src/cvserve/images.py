@@ -15,7 +15,7 @@ import re
 import cv2
 import numpy as np
 import simplejpeg
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from cvserve.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 

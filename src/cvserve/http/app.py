@@ -37,7 +37,9 @@ _ROUTER_MODULES = (
 
 
 def build_state(settings: Settings, store: ModelStore | None = None) -> AppState:
-    options = RuntimeOptions(lanes=max(1, settings.workers), threads_per_lane=settings.threads_per_lane())
+    options = RuntimeOptions(
+        lanes=max(1, settings.workers), threads_per_lane=settings.threads_per_lane()
+    )
     store = store or ModelStore(settings.store_dir, options)
     return AppState(
         settings=settings,
@@ -110,7 +112,9 @@ def _install_error_handlers(app: FastAPI) -> None:
         parts = []
         for err in exc.errors():
             loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query"))
-            parts.append(f"{loc}: {err.get('msg', 'invalid')}" if loc else err.get("msg", "invalid"))
+            parts.append(
+                f"{loc}: {err.get('msg', 'invalid')}" if loc else err.get("msg", "invalid")
+            )
         return json_response({"message": "; ".join(parts) or "invalid request"}, status=400)
 
     @app.exception_handler(StarletteHTTPException)

@@ -68,7 +68,9 @@ def letterbox_geometry(
     return r, new_w, new_h, int(round(dw - 0.1)), int(round(dh - 0.1))
 
 
-def prepare(image: np.ndarray, spec: Preprocess, in_w: int, in_h: int) -> tuple[np.ndarray, Transform]:
+def prepare(
+    image: np.ndarray, spec: Preprocess, in_w: int, in_h: int
+) -> tuple[np.ndarray, Transform]:
     """Resize/pad an RGB uint8 image to (in_h, in_w, 3) uint8 and return the inverse transform."""
     h, w = image.shape[:2]
     if spec.resize == "letterbox" or spec.resize == "fit":
@@ -84,10 +86,15 @@ def prepare(image: np.ndarray, spec: Preprocess, in_w: int, in_h: int) -> tuple[
         return resized, Transform(in_w / w, in_h / h, 0, 0, w, h, (0, 0, in_w, in_h))
     if spec.resize == "center-crop":
         # Resize the short side to the input size, then crop the centre (classifiers).
-        r = max(in_w / w, in_h / h)
-        new_w, new_h = max(in_w, int(round(w * r))), max(in_h, int(round(h * r)))
+        # torchvision's Resize(int) arithmetic: the short side becomes the target exactly,
+        # the long side is truncated; CenterCrop rounds its offsets.
+        if w <= h:
+            new_w, new_h = in_w, max(in_h, int(in_w * h / w))
+        else:
+            new_w, new_h = max(in_w, int(in_h * w / h)), in_h
+        r = new_w / w if w <= h else new_h / h
         resized = _resize(image, new_w, new_h, spec.interpolation)
-        left, top = (new_w - in_w) // 2, (new_h - in_h) // 2
+        left, top = int(round((new_w - in_w) / 2.0)), int(round((new_h - in_h) / 2.0))
         crop = resized[top : top + in_h, left : left + in_w]
         return crop, Transform(r, r, -left, -top, w, h, (0, 0, in_w, in_h))
     # "none": the model takes the image as is (dynamic input).
@@ -98,9 +105,12 @@ def to_tensor(pixels: np.ndarray, spec: Preprocess, dtype: type | None = None) -
     """(H, W, 3) RGB uint8 -> a batch of one in the model's layout, colour order and scale."""
     if spec.color == "bgr":
         pixels = pixels[..., ::-1]
-    target = dtype or {"float32": np.float32, "float16": np.float16, "uint8": np.uint8, "int32": np.int32}[
-        spec.dtype
-    ]
+    target = (
+        dtype
+        or {"float32": np.float32, "float16": np.float16, "uint8": np.uint8, "int32": np.int32}[
+            spec.dtype
+        ]
+    )
     if target in (np.uint8, np.int32):
         arr = pixels.astype(target, copy=False)
     else:

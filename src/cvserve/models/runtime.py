@@ -44,7 +44,9 @@ def make_session(path: Path, threads: int) -> ort.InferenceSession:
     # Threads spinning after a run burn the core another lane or the HTTP loop needs.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(
+            str(path), sess_options=opts, providers=["CPUExecutionProvider"]
+        )
     except Exception as e:  # ORT raises several unrelated types for bad files
         raise ModelLoadError(f"cannot load ONNX file {path.name}: {e}") from e
 
@@ -54,7 +56,9 @@ class SessionPool:
 
     def __init__(self, path: Path, options: RuntimeOptions) -> None:
         self.path = path
-        self._sessions = [make_session(path, options.threads_per_lane) for _ in range(options.lanes)]
+        self._sessions = [
+            make_session(path, options.threads_per_lane) for _ in range(options.lanes)
+        ]
         self._free: queue.SimpleQueue[ort.InferenceSession] = queue.SimpleQueue()
         for s in self._sessions:
             self._free.put(s)

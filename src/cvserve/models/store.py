@@ -6,6 +6,7 @@ loop, under a per-model lock, so loading one model never blocks requests to anot
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import tempfile
@@ -25,7 +26,9 @@ def parse_model_id(model_id: str) -> tuple[str, str]:
     """'dataset/version' -> (dataset, version); both url-safe, no path tricks."""
     parts = model_id.strip("/").split("/")
     if len(parts) != 2 or not all(_ID_PART.match(p) and p not in (".", "..") for p in parts):
-        raise BadRequest(f"invalid model id {model_id!r}: expected DATASET/VERSION (url-safe names)")
+        raise BadRequest(
+            f"invalid model id {model_id!r}: expected DATASET/VERSION (url-safe names)"
+        )
     return parts[0], parts[1]
 
 
@@ -112,10 +115,8 @@ class ModelStore:
             raise ModelNotFound(f"model {model_id} is not in the store")
         self.unload(model_id)
         shutil.rmtree(folder)
-        try:
+        with contextlib.suppress(OSError):
             folder.parent.rmdir()
-        except OSError:
-            pass
 
     # -- loaded models -------------------------------------------------------------------
     def loaded(self, model_id: str) -> Model | None:
