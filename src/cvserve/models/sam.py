@@ -1,0 +1,275 @@
+"""Segment-anything family (MobileSAM and friends): a heavy image encoder, a light prompt decoder.
+
+The ONNX pair follows segment-anything's standard export:
+- encoder: first input float32 [1, 3, 1024, 1024]: RGB resized so the longest side is 1024
+  (ResizeLongestSide, bilinear), normalised with ImageNet mean/std on 0..255 pixels and
+  zero-padded bottom/right; output [1, 256, 64, 64] image embeddings.
+- decoder: `image_embeddings`, `point_coords` [1, N, 2] and `point_labels` [1, N] in the
+  1024-resized frame (labels 1 fg, 0 bg, 2/3 box corners, -1 padding point when no box),
+  `mask_input` [1, 1, 256, 256], `has_mask_input` [1], `orig_im_size` [2] (h, w); outputs
+  `masks` (logits at the original size), `iou_predictions`, `low_res_masks`.
+
+Like segment-anything's `SamPredictor`, the costly embedding is computed once per image and
+kept in an LRU cache keyed by the caller (file id + content hash), so every further prompt on
+the same image only runs the decoder.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from cvserve.errors import BadRequest, ModelLoadError
+from cvserve.models import registry
+from cvserve.models.base import InferParams, Model, ModelInfo, Task
+from cvserve.models.manifest import Manifest
+from cvserve.models.runtime import RuntimeOptions, SessionPool
+from cvserve.models.store import info_from_manifest
+from cvserve.results import Prediction
+
+PIXEL_MEAN = np.array([123.675, 116.28, 103.53], np.float32)
+PIXEL_STD = np.array([58.395, 57.12, 57.375], np.float32)
+DEFAULT_INPUT = 1024
+DEFAULT_CACHE = 8  # embeddings are 4 MiB each (256 x 64 x 64 float32)
+
+_DECODER_INPUTS = (
+    "image_embeddings",
+    "point_coords",
+    "point_labels",
+    "mask_input",
+    "has_mask_input",
+    "orig_im_size",
+)
+
+
+@dataclass(frozen=True)
+class SamEmbedding:
+    """The encoder's output for one image, with the geometry needed to map prompts into it."""
+
+    embedding: np.ndarray  # float32 [1, 256, 64, 64]
+    height: int  # original image size
+    width: int
+    resized_height: int  # the image's size inside the encoder's square input
+    resized_width: int
+
+
+def resized_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
+    """segment-anything's ResizeLongestSide.get_preprocess_shape (rounds half up)."""
+    scale = long_side / max(height, width)
+    return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+def encoder_input(image: np.ndarray, size: int = DEFAULT_INPUT) -> tuple[np.ndarray, int, int]:
+    """RGB uint8 (H, W, 3) -> ([1, 3, size, size] float32, resized h, resized w)."""
+    h, w = image.shape[:2]
+    nh, nw = resized_shape(h, w, size)
+    # PIL's bilinear (antialiased when shrinking) is what the reference transform uses.
+    resized = (
+        image
+        if (nh, nw) == (h, w)
+        else np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
+    )
+    x = np.zeros((1, 3, size, size), np.float32)
+    norm = (resized.astype(np.float32) - PIXEL_MEAN) / PIXEL_STD
+    x[0, :, :nh, :nw] = norm.transpose(2, 0, 1)  # zero padding after normalising, as SAM does
+    return x, nh, nw
+
+
+def prompt_arrays(
+    emb: SamEmbedding,
+    points: np.ndarray | None,
+    labels: np.ndarray | None,
+    box: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Prompts in image pixels -> decoder `point_coords` [1, N, 2] and `point_labels` [1, N]."""
+    has_points = points is not None and len(points) > 0
+    if not has_points and box is None:
+        raise BadRequest("SAM needs at least one point or a box prompt")
+    coords: list[np.ndarray] = []
+    labs: list[np.ndarray] = []
+    if has_points:
+        pts = np.asarray(points, np.float32).reshape(-1, 2)
+        lab = np.ones(len(pts), np.float32) if labels is None else np.asarray(labels, np.float32)
+        if lab.shape != (len(pts),):
+            raise BadRequest("SAM prompt: one label per point")
+        coords.append(pts)
+        labs.append(lab.reshape(-1))
+    if box is not None:
+        b = np.asarray(box, np.float32).reshape(2, 2)
+        coords.append(b)
+        labs.append(np.array([2, 3], np.float32))
+    else:
+        # The export expects a padding point when there is no box.
+        coords.append(np.zeros((1, 2), np.float32))
+        labs.append(np.array([-1], np.float32))
+    xy = np.concatenate(coords).astype(np.float32)
+    xy[:, 0] *= emb.resized_width / emb.width
+    xy[:, 1] *= emb.resized_height / emb.height
+    return xy[None], np.concatenate(labs)[None]
+
+
+class EmbeddingCache:
+    """Thread-safe LRU of embeddings; concurrent misses on one key compute it once."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(0, capacity)
+        self._items: OrderedDict[str, SamEmbedding] = OrderedDict()
+        self._pending: dict[str, Future[SamEmbedding]] = {}
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get_or_compute(self, key: str, compute) -> SamEmbedding:  # noqa: ANN001 - a thunk
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return found
+            pending = self._pending.get(key)
+            if pending is None:
+                self.misses += 1
+                mine: Future[SamEmbedding] = Future()
+                self._pending[key] = mine
+        if pending is not None:  # another thread is encoding this image: share its result
+            result = pending.result()
+            with self._lock:
+                self.hits += 1
+            return result
+        try:
+            emb = compute()
+        except BaseException as e:
+            with self._lock:
+                self._pending.pop(key, None)
+            mine.set_exception(e)
+            raise
+        with self._lock:
+            self._pending.pop(key, None)
+            if self.capacity:
+                self._items[key] = emb
+                while len(self._items) > self.capacity:
+                    self._items.popitem(last=False)
+        mine.set_result(emb)
+        return emb
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+class SamModel(Model):
+    def __init__(
+        self,
+        info: ModelInfo,
+        encoder: SessionPool,
+        decoder: SessionPool,
+        cache_size: int = DEFAULT_CACHE,
+    ) -> None:
+        self.info = info
+        self.encoder = encoder
+        self.decoder = decoder
+        shape = encoder.inputs[0].shape
+        side = shape[-1] if len(shape) == 4 else None
+        self.input_size = side if isinstance(side, int) and side > 0 else DEFAULT_INPUT
+        self._encoder_input = encoder.input_names[0]
+        missing = [n for n in _DECODER_INPUTS if n not in decoder.input_names]
+        if missing:
+            raise ModelLoadError(f"{info.model_id}: SAM decoder lacks inputs {missing}")
+        self._decoder_dtypes = {
+            inp.name: decoder.input_dtype(i) for i, inp in enumerate(decoder.inputs)
+        }
+        outs = decoder.output_names
+        self._mask_out = outs.index("masks") if "masks" in outs else 0
+        self._iou_out = outs.index("iou_predictions") if "iou_predictions" in outs else 1
+        self.cache = EmbeddingCache(cache_size)
+
+    # -- encoder ------------------------------------------------------------------------
+    def embed(self, image: np.ndarray) -> SamEmbedding:
+        """Run the encoder on one RGB uint8 image (H, W, 3). The costly step (~0.7 s on CPU)."""
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise BadRequest("SAM needs an RGB image")
+        x, nh, nw = encoder_input(image, self.input_size)
+        (emb,) = self.encoder.run({self._encoder_input: x})[:1]
+        h, w = image.shape[:2]
+        return SamEmbedding(np.ascontiguousarray(emb, np.float32), h, w, nh, nw)
+
+    def embed_cached(self, key: str, image: np.ndarray) -> SamEmbedding:
+        """`embed`, remembered under a caller-chosen key (e.g. file id + content hash)."""
+        return self.cache.get_or_compute(key, lambda: self.embed(image))
+
+    # -- decoder ------------------------------------------------------------------------
+    def segment(
+        self,
+        embedding: SamEmbedding,
+        points: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, float]:
+        """One mask for the prompts (points (N, 2) and box (4,) xyxy, image pixels).
+
+        Returns (bool mask (H, W) at the original image size, predicted IoU score).
+        """
+        coords, labs = prompt_arrays(embedding, points, labels, box)
+        feeds = {
+            "image_embeddings": embedding.embedding,
+            "point_coords": coords,
+            "point_labels": labs,
+            "mask_input": np.zeros((1, 1, 256, 256), np.float32),
+            "has_mask_input": np.zeros((1,), np.float32),
+            "orig_im_size": np.array([embedding.height, embedding.width], np.float32),
+        }
+        feeds = {
+            k: v.astype(self._decoder_dtypes.get(k, np.float32), copy=False)
+            for k, v in feeds.items()
+        }
+        outputs = self.decoder.run(feeds)
+        masks = np.asarray(outputs[self._mask_out])
+        ious = np.asarray(outputs[self._iou_out], np.float32).reshape(-1)
+        best = int(np.argmax(ious)) if ious.size > 1 else 0  # multimask exports: the best one
+        logits = masks.reshape(-1, *masks.shape[-2:])[best]
+        if logits.shape != (embedding.height, embedding.width):
+            logits = cv2.resize(
+                logits.astype(np.float32),
+                (embedding.width, embedding.height),
+                interpolation=cv2.INTER_LINEAR,
+            )
+        score = float(ious[best]) if ious.size else 0.0
+        return logits > 0, score
+
+    def predict(self, image: np.ndarray, params: InferParams) -> Prediction:
+        raise BadRequest(
+            "this model is promptable: it needs points or a box; "
+            "use POST /api/v1/projects/{project}/context/vision/segment"
+        )
+
+
+@registry.family("sam")
+def load_sam(model_id: str, manifest: Manifest, folder: Path, options: RuntimeOptions) -> SamModel:
+    enc_name = manifest.files.get("encoder", "encoder.onnx")
+    dec_name = manifest.files.get("decoder", "decoder.onnx")
+    for name in (enc_name, dec_name):
+        if not (folder / name).is_file():
+            raise ModelLoadError(f"model {model_id}: missing {name}")
+    # Encoding is one big image at a time; decoding is tiny: one session of each suffices.
+    threads = max(1, options.lanes * options.threads_per_lane)
+    encoder = SessionPool(folder / enc_name, RuntimeOptions(lanes=1, threads_per_lane=threads))
+    decoder = SessionPool(folder / dec_name, options)
+    info = info_from_manifest(model_id, manifest)
+    if info.input_size is None:
+        info.input_size = (DEFAULT_INPUT, DEFAULT_INPUT)
+    cache = int(manifest.postprocess.get("embedding_cache", DEFAULT_CACHE))
+    if info.task is not Task.PROMPTABLE_SEGMENTATION:
+        raise ModelLoadError(
+            f"model {model_id}: family sam needs task {Task.PROMPTABLE_SEGMENTATION.value}"
+        )
+    return SamModel(info, encoder, decoder, cache_size=cache)
