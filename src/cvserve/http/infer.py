@@ -1,0 +1,242 @@
+"""JSON routes of the official `inference-sdk` (default mode): /infer/{task}, /model/*."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from typing import Any
+
+import orjson
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from cvserve.errors import BadRequest, ModelNotFound
+from cvserve.http.inputs import fetch_url
+from cvserve.http.pipeline import (
+    decode_and_predict,
+    get_model,
+    model_info,
+    read_body,
+    run_in_worker,
+)
+from cvserve.http.responses import json_response
+from cvserve.http.state import AppState
+from cvserve.images import decode_base64, encode_jpeg
+from cvserve.models.base import InferParams, Model, Task
+from cvserve.params import MAX_DETECTIONS_LIMIT, RenderOptions, parse_fraction
+from cvserve.render.annotate import annotate
+from cvserve.render.roboflow import prediction_json
+from cvserve.settings import Settings
+
+ROUTE_TASKS = {
+    "object_detection": Task.OBJECT_DETECTION,
+    "instance_segmentation": Task.INSTANCE_SEGMENTATION,
+    "classification": Task.CLASSIFICATION,
+    "keypoints_detection": Task.KEYPOINT_DETECTION,
+    "semantic_segmentation": Task.SEMANTIC_SEGMENTATION,
+}
+MAX_IMAGES_PER_REQUEST = 16
+
+
+def _fraction(body: dict[str, Any], name: str, default: float) -> float:
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise BadRequest(f"field {name} must be a number")
+    return parse_fraction(name, str(value))
+
+
+def _params(body: dict[str, Any], task: Task) -> InferParams:
+    defaults = InferParams.defaults_for(task)
+    max_det = body.get("max_detections", defaults.max_detections)
+    if (
+        not isinstance(max_det, int)
+        or isinstance(max_det, bool)
+        or not (1 <= max_det <= MAX_DETECTIONS_LIMIT)
+    ):
+        raise BadRequest(f"field max_detections must be an integer 1..{MAX_DETECTIONS_LIMIT}")
+    class_filter = body.get("class_filter")
+    if class_filter is not None and (
+        not isinstance(class_filter, list) or not all(isinstance(c, str) for c in class_filter)
+    ):
+        raise BadRequest("field class_filter must be a list of class names")
+    return InferParams(
+        confidence=_fraction(body, "confidence", defaults.confidence),
+        iou=_fraction(body, "iou_threshold", defaults.iou),
+        max_detections=max_det,
+        class_filter=frozenset(class_filter) if class_filter else None,
+        keypoint_confidence=_fraction(body, "keypoint_confidence", 0.0),
+    )
+
+
+async def _image_bytes(state: AppState, image: Any) -> bytes:
+    if isinstance(image, str):
+        return decode_base64(image)
+    if not isinstance(image, dict):
+        raise BadRequest('field image must be {"type": "base64", "value": ...} or a list of them')
+    kind, value = image.get("type"), image.get("value")
+    if not isinstance(value, str):
+        raise BadRequest("field image.value must be a string")
+    if kind == "base64":
+        return decode_base64(value)
+    if kind == "url":
+        return await fetch_url(state, value)
+    raise BadRequest(f"image type {kind!r} is not accepted; use base64 or url")
+
+
+def _infer_one(
+    model: Model,
+    data: bytes,
+    params: InferParams,
+    render: RenderOptions,
+    visualize: bool,
+    settings: Settings,
+) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    image, prediction, _ = decode_and_predict(model, data, params, settings)
+    body = prediction_json(
+        prediction,
+        render,
+        confidence=params.confidence,
+        keypoint_confidence=params.keypoint_confidence,
+        elapsed_s=time.perf_counter() - t0,
+    )
+    body["visualization"] = None
+    if visualize:
+        drawn = annotate(
+            image, prediction, stroke=render.stroke, labels=render.labels,
+            confidence=params.confidence, keypoint_confidence=params.keypoint_confidence,
+        )  # fmt: skip
+        body["visualization"] = base64.b64encode(encode_jpeg(drawn)).decode("ascii")
+    return body
+
+
+async def _json_body(request: Request, state: AppState) -> dict[str, Any]:
+    raw = await read_body(request, state.settings.max_body_bytes)
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise BadRequest("request body must be JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    return body
+
+
+def _model_id(body: dict[str, Any]) -> str:
+    model_id = body.get("model_id")
+    if not isinstance(model_id, str) or not model_id:
+        raise BadRequest("field model_id is required (DATASET/VERSION)")
+    return model_id
+
+
+def _registry(state: AppState) -> dict[str, Any]:
+    models = []
+    for info in state.store.infos():
+        if state.store.loaded(info.model_id) is None:
+            continue
+        models.append(
+            {
+                "model_id": info.model_id,
+                "task_type": info.task.value,
+                "batch_size": 1,
+                "input_height": (info.input_size or (0, 0))[1],
+                "input_width": (info.input_size or (0, 0))[0],
+            }  # fmt: skip
+        )
+    return {"models": models}
+
+
+def build_router(state: AppState) -> APIRouter:
+    router = APIRouter(tags=["inference-sdk"])
+
+    @router.post("/infer/{task_route}")
+    async def infer(task_route: str, request: Request) -> Response:
+        task = ROUTE_TASKS.get(task_route)
+        if task is None:
+            raise ModelNotFound(
+                f"unknown task route /infer/{task_route}; known: {', '.join(ROUTE_TASKS)}"
+            )
+        body = await _json_body(request, state)
+        state.keys.check(request, body.get("api_key"))
+        model_id = _model_id(body)
+        info = model_info(state, model_id)
+        if info.task is not task:
+            raise BadRequest(f"model {model_id} is a {info.task.value} model, not {task.value}")
+        params = _params(body, task)
+        stroke = body.get("visualization_stroke_width", 1)
+        render = RenderOptions(
+            stroke=int(stroke) if isinstance(stroke, (int, float)) else 1,
+            labels=bool(body.get("visualization_labels", False)),
+            mask_format="rle" if body.get("response_mask_format") == "rle" else "polygon",
+        )
+        visualize = bool(body.get("visualize_predictions", False))
+        images = body.get("image")
+        if images is None:
+            raise BadRequest("field image is required")
+        many = isinstance(images, list)
+        items = images if many else [images]
+        if not items or len(items) > MAX_IMAGES_PER_REQUEST:
+            raise BadRequest(f"send between 1 and {MAX_IMAGES_PER_REQUEST} images per request")
+        payloads = [await _image_bytes(state, item) for item in items]
+        model = await get_model(state, model_id)
+        results = await asyncio.gather(
+            *(
+                run_in_worker(
+                    state,
+                    model_id,
+                    _infer_one,
+                    model,
+                    data,
+                    params,
+                    render,
+                    visualize,
+                    state.settings,
+                )  # fmt: skip
+                for data in payloads
+            )
+        )
+        return json_response(results if many else results[0])
+
+    @router.get("/model/registry")
+    async def registry(request: Request) -> Response:
+        state.keys.check(request)
+        return json_response(_registry(state))
+
+    @router.post("/model/add")
+    async def add(request: Request) -> Response:
+        body = await _json_body(request, state)
+        state.keys.check(request, body.get("api_key"))
+        await get_model(state, _model_id(body))
+        return json_response(_registry(state))
+
+    @router.post("/model/remove")
+    async def remove(request: Request) -> Response:
+        body = await _json_body(request, state)
+        state.keys.check(request, body.get("api_key"))
+        state.store.unload(_model_id(body))
+        return json_response(_registry(state))
+
+    @router.post("/model/clear")
+    async def clear(request: Request) -> Response:
+        state.keys.check(request)
+        for mid in state.store.ids():
+            state.store.unload(mid)
+        return json_response(_registry(state))
+
+    @router.get("/models")
+    async def list_models(request: Request) -> Response:
+        state.keys.check(request)
+        infos = state.store.infos()
+        return json_response(
+            {
+                "models": [
+                    dict(i.as_dict(), loaded=state.store.loaded(i.model_id) is not None)
+                    for i in infos
+                ]
+            }  # fmt: skip
+        )
+
+    return router

@@ -1,0 +1,1 @@
+"""Renderers: typed results -> wire formats (hosted JSON, annotated images)."""
