@@ -1,0 +1,90 @@
+"""Shared, generic fixtures: a model store in a temporary folder and a TestClient app.
+
+- `make_store(tmp_path)` builds an empty ModelStore under tmp_path (also a fixture, `store`).
+- `add_model(store, model_id, path, config=None)` imports an .onnx / folder into it.
+- `make_client(store, **settings)` (fixture) gives a started TestClient over that store;
+  keyword arguments override Settings fields (api_keys, max_body_bytes, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from cvserve.models.base import ModelInfo
+from cvserve.models.importers import import_model
+from cvserve.models.runtime import RuntimeOptions
+from cvserve.models.store import ModelStore
+from cvserve.settings import Settings
+
+
+def make_store(tmp_path: Path) -> ModelStore:
+    """An empty model store under tmp_path/models (one ORT thread per session)."""
+    return ModelStore(tmp_path / "models", RuntimeOptions(lanes=1, threads_per_lane=1))
+
+
+def add_model(
+    store: ModelStore, model_id: str, path: Path, config: Path | None = None
+) -> ModelInfo:
+    """Import a model (an .onnx file, a folder, or ONNX + config) into the store."""
+    return import_model(path, model_id, store, config=config)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ModelStore:
+    return make_store(tmp_path)
+
+
+def build_client(store: ModelStore, **overrides: Any) -> TestClient:
+    """A TestClient (not yet started) for an app serving `store` with the given settings."""
+    from cvserve.http.app import build_state, create_app
+
+    fields: dict[str, Any] = {
+        "data_dir": store.root.parent,
+        "models_dir": store.root,
+        "auto_pull": False,
+        "workers": 1,
+        "intra_op_threads": 1,
+    }
+    fields.update(overrides)
+    settings = Settings(**fields)
+    state = build_state(settings, store=store)
+    return TestClient(create_app(settings, state), raise_server_exceptions=False)
+
+
+@pytest.fixture
+def make_client() -> Iterator[Callable[..., TestClient]]:
+    """Factory: make_client(store, **settings_overrides) -> started TestClient."""
+    started: list[TestClient] = []
+
+    def factory(store: ModelStore, **overrides: Any) -> TestClient:
+        client = build_client(store, **overrides)
+        client.__enter__()
+        started.append(client)
+        return client
+
+    yield factory
+    for client in reversed(started):
+        client.__exit__(None, None, None)
+
+
+def hosted(
+    client: TestClient, model_id: str, image: bytes, expect: int = 200, **params: Any
+) -> Any:
+    """POST an encoded image to /{dataset}/{version} as the official package does (base64,
+    form-urlencoded) and return the JSON body, asserting the status."""
+    import base64
+
+    query = {k: str(v) for k, v in params.items()}
+    r = client.post(
+        f"/{model_id}",
+        params=query,
+        content=base64.b64encode(image),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert r.status_code == expect, r.text
+    return r.json() if r.headers.get("content-type", "").startswith("application/json") else r
