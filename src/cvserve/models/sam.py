@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,7 +127,7 @@ class EmbeddingCache:
         self.hits = 0
         self.misses = 0
 
-    def get_or_compute(self, key: str, compute) -> SamEmbedding:  # noqa: ANN001 - a thunk
+    def get_or_compute(self, key: str, compute: Callable[[], SamEmbedding]) -> SamEmbedding:
         with self._lock:
             found = self._items.get(key)
             if found is not None:
@@ -161,6 +162,9 @@ class EmbeddingCache:
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._items
 
     def clear(self) -> None:
         with self._lock:
@@ -203,9 +207,14 @@ class SamModel(Model):
         h, w = image.shape[:2]
         return SamEmbedding(np.ascontiguousarray(emb, np.float32), h, w, nh, nw)
 
-    def embed_cached(self, key: str, image: np.ndarray) -> SamEmbedding:
-        """`embed`, remembered under a caller-chosen key (e.g. file id + content hash)."""
-        return self.cache.get_or_compute(key, lambda: self.embed(image))
+    def embed_cached(self, key: str, image: np.ndarray | Callable[[], np.ndarray]) -> SamEmbedding:
+        """`embed`, remembered under a caller-chosen key (e.g. file id + content hash).
+
+        `image` may be a zero-argument callable, so a cache hit skips decoding the file.
+        """
+        return self.cache.get_or_compute(
+            key, lambda: self.embed(image() if callable(image) else image)
+        )
 
     # -- decoder ------------------------------------------------------------------------
     def segment(

@@ -1,0 +1,224 @@
+"""Promptable segmentation jobs: the request schema, its checks, and the job handler.
+
+A job is one stored image file plus point/box prompts normalised to 0..1. The handler
+resolves the file, decodes it, gets the SAM embedding from the model's cache (keyed by
+file id + content hash, so a re-upload is never served a stale embedding), runs the
+decoder and turns the mask into polygons. Anything wrong with the file becomes a failed
+item; the job then ends Failed with `failedItems`, never with a server error.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from cvserve.errors import BadRequest, CVServeError
+from cvserve.images import decode_image
+from cvserve.jobs.files import FileMeta, FileStore
+from cvserve.jobs.polygons import segments_json
+from cvserve.jobs.queue import Job
+from cvserve.jobs.workers import Outcome
+from cvserve.models.base import Model
+from cvserve.models.sam import SamModel
+from cvserve.models.store import ModelStore
+from cvserve.settings import Settings
+
+KIND = "segment"
+DEFAULT_MODEL = "mobilesam/1"
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
+IMAGE_MIME_TYPES = ("image/jpeg", "image/png")
+
+
+# -- request schema ----------------------------------------------------------------------
+class FileRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    fileId: int | None = Field(default=None, ge=1)
+    fileExternalId: str | None = Field(default=None, min_length=1, max_length=255)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> FileRef:
+        if (self.fileId is None) == (self.fileExternalId is None):
+            raise ValueError("each item needs exactly one of fileId or fileExternalId")
+        return self
+
+
+class Point(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    x: float
+    y: float
+    label: Literal[0, 1] = 1
+
+
+class BoundingBox(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    xMin: float
+    yMin: float
+    xMax: float
+    yMax: float
+
+
+class SegmentRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[FileRef]
+    points: list[Point] = Field(default_factory=list)
+    boundingBox: BoundingBox | None = None
+    model: str | None = None  # extension: a SAM model id other than the default
+
+
+def validation_message(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts) or "invalid request body"
+
+
+def check_prompt(points: list[Point], box: BoundingBox | None, *, normalised: bool = True) -> None:
+    """The seed's rules: unique points, coordinates in 0..1, min < max, at least one prompt."""
+    if not points and box is None:
+        raise BadRequest("give at least one prompt: points and/or boundingBox")
+    hi = 1.0 if normalised else float("inf")
+    where = "between 0 and 1" if normalised else "at least 0"
+    seen: set[tuple[float, float]] = set()
+    for i, p in enumerate(points):
+        if not (0.0 <= p.x <= hi and 0.0 <= p.y <= hi):
+            raise BadRequest(f"points.{i}: x and y must be {where}")
+        if (p.x, p.y) in seen:
+            raise BadRequest(f"points.{i}: points must be unique; ({p.x}, {p.y}) is repeated")
+        seen.add((p.x, p.y))
+    if box is not None:
+        values = (box.xMin, box.yMin, box.xMax, box.yMax)
+        if not all(0.0 <= v <= hi for v in values):
+            raise BadRequest(f"boundingBox: coordinates must be {where}")
+        if not (box.xMin < box.xMax and box.yMin < box.yMax):
+            raise BadRequest("boundingBox: xMin must be below xMax and yMin below yMax")
+
+
+def parse_request(body: Any) -> SegmentRequest:
+    try:
+        req = SegmentRequest.model_validate(body)
+    except ValidationError as e:
+        raise BadRequest(validation_message(e)) from e
+    if len(req.items) != 1:
+        raise BadRequest("items must hold exactly one file reference")
+    check_prompt(req.points, req.boundingBox)
+    return req
+
+
+# -- running one prompt ------------------------------------------------------------------
+@dataclass
+class PromptResult:
+    mask: np.ndarray  # bool (H, W)
+    score: float
+    width: int
+    height: int
+    cached: bool  # the embedding came from the cache
+    seconds: float
+
+
+def run_prompt(
+    model: SamModel,
+    key: str,
+    load_image: Callable[[], np.ndarray],
+    points: list[Point],
+    box: BoundingBox | None,
+    *,
+    normalised: bool = True,
+) -> PromptResult:
+    """Embed (cached under `key`; the image is only decoded on a miss), then decode a mask."""
+    t0 = time.perf_counter()
+    cached = key in model.cache
+    emb = model.embed_cached(key, load_image)
+    sx, sy = (emb.width, emb.height) if normalised else (1.0, 1.0)
+    pts = np.array([[p.x * sx, p.y * sy] for p in points], np.float32).reshape(-1, 2)
+    labels = np.array([p.label for p in points], np.float32)
+    xyxy = None
+    if box is not None:
+        xyxy = np.array([box.xMin * sx, box.yMin * sy, box.xMax * sx, box.yMax * sy], np.float32)
+    mask, score = model.segment(emb, pts if len(pts) else None, labels if len(pts) else None, xyxy)
+    return PromptResult(mask, score, emb.width, emb.height, cached, time.perf_counter() - t0)
+
+
+def sam_model(store: ModelStore, model_id: str) -> SamModel:
+    model: Model = store.get(model_id)
+    if not isinstance(model, SamModel):
+        raise BadRequest(f"model {model_id} is not a promptable (SAM) segmentation model")
+    return model
+
+
+def file_problem(meta: FileMeta | None) -> str | None:
+    """Why a stored file cannot be segmented, or None."""
+    if meta is None:
+        return "file not found"
+    if not meta.name.lower().endswith(IMAGE_EXTENSIONS):
+        return f"file name {meta.name!r} must end with .jpeg, .jpg or .png"
+    if (meta.mime_type or "").lower() not in IMAGE_MIME_TYPES:
+        return f"file mimeType {meta.mime_type!r} must be image/jpeg or image/png"
+    if not meta.uploaded:
+        return "file content has not been uploaded"
+    return None
+
+
+def item_ref(ref: dict[str, Any], meta: FileMeta | None = None) -> dict[str, Any]:
+    """The platform's item: fileId and fileExternalId when known, else what was asked."""
+    if meta is not None:
+        return {"fileId": meta.id, "fileExternalId": meta.external_id}
+    return {k: v for k, v in ref.items() if k in ("fileId", "fileExternalId")}
+
+
+# -- the job handler ---------------------------------------------------------------------
+class SegmentHandler:
+    def __init__(self, store: ModelStore, files: FileStore, settings: Settings) -> None:
+        self.store = store
+        self.files = files
+        self.settings = settings
+
+    def __call__(self, job: Job) -> Outcome:
+        p = job.payload
+        ref = p["items"][0]
+        meta = self.files.find(job.project, ref.get("fileId"), ref.get("fileExternalId"))
+        item = item_ref(ref, meta)
+        problem = file_problem(meta)
+        if problem is not None:
+            return _failed(item, problem)
+        assert meta is not None
+        model_id = p.get("model") or DEFAULT_MODEL
+        try:
+            model = sam_model(self.store, model_id)
+        except CVServeError as e:
+            return _failed(item, f"model {model_id} is unavailable: {e.message}")
+
+        def load() -> np.ndarray:
+            return decode_image(
+                self.files.read(meta),
+                max_pixels=self.settings.max_image_pixels,
+                max_side=self.settings.max_image_side,
+            )
+
+        points = [Point.model_validate(x) for x in p.get("points") or []]
+        box = BoundingBox.model_validate(p["boundingBox"]) if p.get("boundingBox") else None
+        try:
+            res = run_prompt(model, meta.cache_key, load, points, box)
+        except FileNotFoundError:
+            return _failed(item, "file content is missing from the server's storage")
+        except CVServeError as e:
+            return _failed(item, f"cannot segment the file: {e.message}")
+        segments = segments_json(res.mask, res.score)
+        return Outcome(result={"items": [{**item, "segments": segments}]})
+
+
+def _failed(item: dict[str, Any], message: str) -> Outcome:
+    return Outcome(
+        result={"items": [], "failedItems": [{"errorMessage": message, "items": [item]}]},
+        error=message,
+    )
