@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
@@ -79,6 +80,7 @@ def create_app(settings: Settings, state: AppState | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.cvserve = state
+    app.add_middleware(CollapseSlashes)
     _install_error_handlers(app)
     for module_name in _ROUTER_MODULES:
         try:
@@ -89,6 +91,23 @@ def create_app(settings: Settings, state: AppState | None = None) -> FastAPI:
             raise
         app.include_router(module.build_router(state))
     return app
+
+
+class CollapseSlashes:
+    """ASGI middleware: `//seg/1` is `/seg/1`. The official package's InstanceSegmentation-
+    and SemanticSegmentationModel build `f"{local}/{project}/{version}"`, and `local` is
+    documented with a trailing slash ("http://localhost:9001/")."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and "//" in scope.get("path", ""):
+            scope = dict(scope)
+            scope["path"] = re.sub(r"/{2,}", "/", scope["path"])
+            if isinstance(scope.get("raw_path"), bytes):
+                scope["raw_path"] = re.sub(rb"/{2,}", b"/", scope["raw_path"])
+        await self.app(scope, receive, send)
 
 
 def error_response(exc: CVServeError) -> Response:
