@@ -249,9 +249,10 @@ def test_confidence_percent_equals_fraction(tmp_path, store, make_client):
 def test_classes_filter(tmp_path, store, make_client):
     scores = [[0.9, 0, 0], [0, 0.8, 0], [0, 0, 0.7], [0.6, 0, 0]]
     client = _nms_client(tmp_path, store, make_client, _spread_boxes(4), scores)
-    classes = lambda **q: [
-        p["class"] for p in hosted(client, "nms/1", _black_640(), **q)["predictions"]
-    ]  # noqa: E731
+
+    def classes(**q):
+        return [p["class"] for p in hosted(client, "nms/1", _black_640(), **q)["predictions"]]
+
     assert classes() == ["cat", "dog", "bird", "cat"]
     assert classes(classes="cat") == ["cat", "cat"]
     assert classes(classes="bird,dog") == ["dog", "bird"]
