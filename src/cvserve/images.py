@@ -55,8 +55,9 @@ def decode_base64(text: bytes | str) -> bytes:
     raw = _B64_JUNK.sub(b"", raw)
     if not raw:
         raise BadRequest("no image in the request: send base64 text, a file, or ?image=URL")
-    # Form-encoding turns '+' into ' ' (already stripped above) and may leave %2B etc.
-    if b"%" in raw[:64]:
+    # A percent-encoded body (%2B, %2F, %3D): '%' is not in any base64 alphabet, so one
+    # anywhere means percent-encoding (its first escape may come late in the text).
+    if b"%" in raw:
         from urllib.parse import unquote_to_bytes
 
         raw = unquote_to_bytes(raw)

@@ -49,8 +49,8 @@ def bytes_from_body(body: bytes) -> bytes:
         if not isinstance(text, str):
             raise BadRequest("request body JSON must be a base64 string")
         return decode_base64(text)
-    if body[:6].lower() in (b"image=", b"file=\x00"[:5]):
-        body = body.split(b"=", 1)[1]
+    if body[:6].lower() == b"image=" or body[:5].lower() == b"file=":
+        body = body.split(b"=", 1)[1]  # a form field: `image=<base64>` or `file=<base64>`
     return decode_base64(body)
 
 
