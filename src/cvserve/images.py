@@ -130,8 +130,13 @@ def decode_image(
         width, height = pil.size
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise BadRequest(f"cannot read {kind.upper()} header: image is corrupt or truncated") from e
+    except Exception as e:  # hostile headers trip odd errors deep in Pillow's parsers
+        raise BadRequest(f"cannot read {kind.upper()} header: image is malformed") from e
     _check_size(width, height, max_pixels, max_side)
-    orientation = _orientation(pil) if kind in ("jpeg", "tiff", "webp", "png") else 1
+    # A PNG's EXIF may follow the pixels: Pillow decodes the whole image to find it, so only
+    # ask when an eXIf chunk is there at all.
+    has_exif = kind in ("jpeg", "tiff", "webp") or (kind == "png" and b"eXIf" in data)
+    orientation = _orientation(pil) if has_exif else 1
     rgb = _decode_pixels(data, kind, pil, reduce)
     if orientation != 1:
         rgb = _apply_orientation(rgb, orientation)
@@ -152,14 +157,22 @@ def _decode_pixels(data: bytes, kind: str, pil: Image.Image, reduce: int) -> np.
     if kind in ("png", "bmp", "webp", "tiff", "jpeg"):
         buf = np.frombuffer(data, np.uint8)
         # Orientation is applied by us (from the header we already read), not by OpenCV.
-        img = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        try:
+            img = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        except cv2.error:
+            img = None
         if img is not None:
             return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     try:
-        pil.load()
-        return np.asarray(pil.convert("RGB"))
+        # A fresh handle: a failed earlier load (e.g. reading EXIF) leaves `pil` half-read,
+        # and a second load() on it would hand back blank pixels instead of failing.
+        fresh = Image.open(io.BytesIO(data))
+        fresh.load()
+        return np.asarray(fresh.convert("RGB"))
     except (OSError, ValueError, SyntaxError) as e:
         raise BadRequest(f"cannot decode {kind.upper()} image: data is corrupt or truncated") from e
+    except Exception as e:  # hostile data trips odd errors deep in Pillow's decoders
+        raise BadRequest(f"cannot decode {kind.upper()} image: data is malformed") from e
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import math
 import time
 from typing import Any
 
@@ -25,7 +26,12 @@ from cvserve.http.responses import json_response
 from cvserve.http.state import AppState
 from cvserve.images import decode_base64, encode_jpeg
 from cvserve.models.base import InferParams, Model, Task
-from cvserve.params import MAX_DETECTIONS_LIMIT, RenderOptions, parse_fraction
+from cvserve.params import (
+    CONFIDENCE_WORDS,
+    MAX_DETECTIONS_LIMIT,
+    RenderOptions,
+    parse_fraction,
+)
 from cvserve.render.annotate import annotate
 from cvserve.render.roboflow import prediction_json
 from cvserve.settings import Settings
@@ -42,11 +48,25 @@ MAX_IMAGES_PER_REQUEST = 16
 
 def _fraction(body: dict[str, Any], name: str, default: float) -> float:
     value = body.get(name)
-    if value is None:
+    if value is None or (name == "confidence" and value in CONFIDENCE_WORDS):
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise BadRequest(f"field {name} must be a number")
     return parse_fraction(name, str(value))
+
+
+def _stroke(body: dict[str, Any]) -> int:
+    value = body.get("visualization_stroke_width")
+    if value is None:
+        return 1
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not 0 <= value <= 100
+    ):
+        raise BadRequest("field visualization_stroke_width must be a number from 0 to 100")
+    return int(value)
 
 
 def _params(body: dict[str, Any], task: Task) -> InferParams:
@@ -166,9 +186,8 @@ def build_router(state: AppState) -> APIRouter:
         if info.task is not task:
             raise BadRequest(f"model {model_id} is a {info.task.value} model, not {task.value}")
         params = _params(body, task)
-        stroke = body.get("visualization_stroke_width", 1)
         render = RenderOptions(
-            stroke=int(stroke) if isinstance(stroke, (int, float)) else 1,
+            stroke=_stroke(body),
             labels=bool(body.get("visualization_labels", False)),
             mask_format="rle" if body.get("response_mask_format") == "rle" else "polygon",
         )

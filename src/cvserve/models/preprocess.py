@@ -14,6 +14,9 @@ from PIL import Image
 
 from cvserve.models.manifest import Preprocess
 
+# Center crop resizes the short side first; past this many times the input's area the
+# intermediate image is skipped (extreme aspect ratios would allocate gigabytes).
+_MAX_CROP_GROWTH = 16
 _CV_INTERP = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "nearest": cv2.INTER_NEAREST}
 
 
@@ -61,7 +64,8 @@ def letterbox_geometry(
 ) -> tuple[float, int, int, int, int]:
     """(ratio, new_w, new_h, left, top) exactly as Ultralytics' LetterBox computes them."""
     r = min(in_h / height, in_w / width)
-    new_w, new_h = int(round(width * r)), int(round(height * r))
+    # max(1, ...): a 1 x 20000 image must not shrink to zero pixels wide.
+    new_w, new_h = max(1, int(round(width * r))), max(1, int(round(height * r)))
     if align == "top-left":
         return r, new_w, new_h, 0, 0
     dw, dh = (in_w - new_w) / 2, (in_h - new_h) / 2
@@ -93,12 +97,27 @@ def prepare(
         else:
             new_w, new_h = max(in_w, int(in_h * w / h)), in_h
         r = new_w / w if w <= h else new_h / h
+        if new_w * new_h > _MAX_CROP_GROWTH * in_w * in_h:
+            return _center_crop_first(image, in_w, in_h, r, spec.interpolation)
         resized = _resize(image, new_w, new_h, spec.interpolation)
         left, top = int(round((new_w - in_w) / 2.0)), int(round((new_h - in_h) / 2.0))
         crop = resized[top : top + in_h, left : left + in_w]
         return crop, Transform(r, r, -left, -top, w, h, (0, 0, in_w, in_h))
     # "none": the model takes the image as is (dynamic input).
     return image, Transform(1.0, 1.0, 0, 0, w, h, (0, 0, w, h))
+
+
+def _center_crop_first(
+    image: np.ndarray, in_w: int, in_h: int, r: float, interpolation: str
+) -> tuple[np.ndarray, Transform]:
+    """Center crop for extreme aspect ratios: crop the source region first, then resize it,
+    so a 1 x 20000 image never becomes a 64 x 1280000 intermediate."""
+    h, w = image.shape[:2]
+    cw, ch = min(w, max(1, int(round(in_w / r)))), min(h, max(1, int(round(in_h / r))))
+    x0, y0 = (w - cw) // 2, (h - ch) // 2
+    crop = _resize(image[y0 : y0 + ch, x0 : x0 + cw], in_w, in_h, interpolation)
+    sx, sy = in_w / cw, in_h / ch
+    return crop, Transform(sx, sy, -x0 * sx, -y0 * sy, w, h, (0, 0, in_w, in_h))
 
 
 def to_tensor(pixels: np.ndarray, spec: Preprocess, dtype: type | None = None) -> np.ndarray:
