@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from cvserve.models.runtime import RuntimeOptions
 from cvserve.models.store import ModelStore
-from tests.conftest import make_store
 from tests.synthetic_sam import MODEL_ID, expected_mask, write_sam_model
 
 P = "/api/v1/projects/acme"
@@ -31,16 +31,25 @@ def png(width: int = W, height: int = H, seed: int = 0) -> bytes:
     return buf.tobytes()
 
 
-@pytest.fixture
-def sam_store(tmp_path: Path) -> ModelStore:
-    store = make_store(tmp_path)
-    write_sam_model(store.root, MODEL_ID, encoder_work=2, radius=RADIUS)
-    return store
+@pytest.fixture(scope="module")
+def sam_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic SAM pair, built once; each test gets its own store over it."""
+    root = tmp_path_factory.mktemp("models")
+    write_sam_model(root, MODEL_ID, encoder_work=2, radius=RADIUS)
+    write_sam_model(root, "heavy/1", encoder_work=48, radius=RADIUS)  # a costly encoder
+    return root
 
 
 @pytest.fixture
-def client(sam_store: ModelStore, make_client: Callable[..., TestClient]) -> TestClient:
-    return make_client(sam_store, job_workers=1)
+def sam_store(sam_root: Path) -> ModelStore:
+    return ModelStore(sam_root, RuntimeOptions(lanes=1, threads_per_lane=1))
+
+
+@pytest.fixture
+def client(
+    sam_store: ModelStore, tmp_path: Path, make_client: Callable[..., TestClient]
+) -> TestClient:
+    return make_client(sam_store, data_dir=tmp_path, job_workers=1)
 
 
 def upload(
@@ -310,9 +319,9 @@ def test_invalid_json_and_unknown_job(client: TestClient) -> None:
 
 
 def test_api_keys_401_403_in_platform_shape(
-    sam_store: ModelStore, make_client: Callable[..., TestClient]
+    sam_store: ModelStore, tmp_path: Path, make_client: Callable[..., TestClient]
 ) -> None:
-    client = make_client(sam_store, api_keys=("k1",))
+    client = make_client(sam_store, data_dir=tmp_path, api_keys=("k1",))
     body = {"items": [{"fileId": 1}], "points": [GOOD_POINT]}
     url = f"{P}/context/vision/segment"
     r = client.post(url, json=body, headers=BETA)
@@ -362,3 +371,22 @@ def test_sync_route_base64_pixels_and_file(client: TestClient) -> None:
         f"{P}/context/vision/segment/sync", json={"fileId": 999, "points": [GOOD_POINT]}
     )
     assert r.status_code == 400 and "not found" in r.json()["error"]["message"]
+
+
+def test_second_prompt_on_the_same_file_is_5x_faster(client: TestClient) -> None:
+    f = upload(client, png(seed=5))
+    url = f"{P}/context/vision/segment/sync"
+    warm = {"image": base64.b64encode(png(seed=6)).decode(), "points": [GOOD_POINT]}
+    assert client.post(url, json={**warm, "model": "heavy/1"}).status_code == 200  # ORT warm-up
+    times = []
+    for x in (0.2, 0.4, 0.6, 0.8):
+        body = {"fileId": f["id"], "points": [{"x": x, "y": 0.5, "label": 1}], "model": "heavy/1"}
+        r = client.post(url, json=body)
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert out["cached"] is (x != 0.2)
+        times.append(out["time"])  # measured in the server: no HTTP noise
+    model = client.app.state.cvserve.store.loaded("heavy/1")
+    assert (model.cache.misses, model.cache.hits) == (2, 3)
+    first, again = times[0], float(np.median(times[1:]))
+    assert first >= 5 * again, f"first {first * 1000:.1f} ms, cached {again * 1000:.1f} ms"
