@@ -7,7 +7,7 @@ import orjson
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
-from cvserve.errors import BadRequest
+from cvserve.errors import BadRequest, UnsupportedMediaType
 from cvserve.http.pipeline import read_body
 from cvserve.http.state import AppState
 from cvserve.images import decode_base64, sniff
@@ -51,7 +51,20 @@ def bytes_from_body(body: bytes) -> bytes:
         return decode_base64(text)
     if body[:6].lower() == b"image=" or body[:5].lower() == b"file=":
         body = body.split(b"=", 1)[1]  # a form field: `image=<base64>` or `file=<base64>`
-    return decode_base64(body)
+    return base64_or_binary(body)
+
+
+def base64_or_binary(data: bytes) -> bytes:
+    """Base64 text -> bytes. Binary data that is no known image is a 415, not a 400."""
+    try:
+        return decode_base64(data)
+    except BadRequest:
+        if not data.isascii() or b"\x00" in data:
+            raise UnsupportedMediaType(
+                "request body is neither a supported image (JPEG, PNG, WebP, BMP, TIFF, GIF) "
+                "nor base64 text of one"
+            ) from None
+        raise
 
 
 def _from_json_object(body: bytes) -> bytes:
@@ -79,7 +92,7 @@ async def _from_multipart(request: Request) -> bytes:
             data = await part.read()
             if not data:
                 raise BadRequest('multipart part "file" is empty')
-            return data if sniff(data) is not None else decode_base64(data)
+            return data if sniff(data) is not None else base64_or_binary(data)
         return decode_base64(part)
     finally:
         await form.close()
