@@ -12,6 +12,10 @@ from cvserve.models.base import InferParams, Task
 FORMATS = ("json", "image", "image_and_json")
 MASK_FORMATS = ("polygon", "rle")
 MAX_DETECTIONS_LIMIT = 10_000
+# inference-sdk types confidence as float | "best" | "default". "best" is the peer's
+# per-model optimal threshold from training metrics; cvserve has none, so both mean the
+# task's default.
+CONFIDENCE_WORDS = ("default", "best")
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,7 @@ def parse_hosted(query: Mapping[str, str], task: Task) -> tuple[InferParams, Ren
     defaults = InferParams.defaults_for(task)
     get = query.get
     confidence = defaults.confidence
-    if get("confidence") not in (None, ""):
+    if get("confidence") not in (None, "", *CONFIDENCE_WORDS):
         confidence = parse_fraction("confidence", get("confidence"))
     iou = defaults.iou
     if get("overlap") not in (None, ""):
