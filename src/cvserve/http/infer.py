@@ -26,7 +26,12 @@ from cvserve.http.responses import json_response
 from cvserve.http.state import AppState
 from cvserve.images import decode_base64, encode_jpeg
 from cvserve.models.base import InferParams, Model, Task
-from cvserve.params import MAX_DETECTIONS_LIMIT, RenderOptions, parse_fraction
+from cvserve.params import (
+    CONFIDENCE_WORDS,
+    MAX_DETECTIONS_LIMIT,
+    RenderOptions,
+    parse_fraction,
+)
 from cvserve.render.annotate import annotate
 from cvserve.render.roboflow import prediction_json
 from cvserve.settings import Settings
@@ -43,7 +48,7 @@ MAX_IMAGES_PER_REQUEST = 16
 
 def _fraction(body: dict[str, Any], name: str, default: float) -> float:
     value = body.get(name)
-    if value is None:
+    if value is None or (name == "confidence" and value in CONFIDENCE_WORDS):
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise BadRequest(f"field {name} must be a number")
