@@ -265,6 +265,10 @@ def test_cdf_version_header_is_required(client: TestClient) -> None:
     assert r.status_code == 400 and "cdf-version" in r.json()["error"]["message"]
     r = client.post(f"{P}/context/vision/segment", json=body, headers={"cdf-version": "20230101"})
     assert r.status_code == 400
+    r = client.post(
+        f"{P}/context/vision/segment", json=body, headers={"cdf-version": "20230101-beta"}
+    )
+    assert r.status_code == 200
     job = submit(client, body)
     r = client.get(f"{P}/context/vision/segment/{job['jobId']}")
     assert r.status_code == 400 and r.json()["error"]["code"] == 400

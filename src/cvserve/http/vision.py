@@ -11,7 +11,8 @@ Files
 - `GET /files/{id}` -> file object; `GET /files/{id}/content` -> the bytes;
   `POST /files/byids` `{items: [{id} | {externalId}], ignoreUnknownIds?}` -> `{items}`.
 
-Segmentation jobs (header `cdf-version: beta` required; `alpha` is accepted too)
+Segmentation jobs (header `cdf-version: beta` required; `alpha` and dated forms such as
+`20230101-beta` are accepted too)
 - `POST /context/vision/segment` `{items: [{fileId} | {fileExternalId}], points: [{x, y,
   label}], boundingBox?: {xMin, yMin, xMax, yMax}, model?}` (coordinates 0..1) -> 200 job
   `{status: "Queued", createdTime, startTime, statusTime, jobId, items, points, boundingBox,
@@ -150,7 +151,8 @@ def _authorise(state: AppState, request: Request) -> None:
 
 def _require_beta(request: Request) -> None:
     version = request.headers.get("cdf-version", "").strip().lower()
-    if version not in CDF_VERSIONS:
+    # `beta`, or a dated release of it such as `20230101-beta`.
+    if version.rsplit("-", 1)[-1] not in CDF_VERSIONS:
         raise BadRequest("this endpoint is available only with the header `cdf-version: beta`")
 
 
