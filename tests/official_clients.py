@@ -279,9 +279,10 @@ def clients_python(create: bool = True) -> Path | None:
     digest = _requirements_digest()
     if python.exists() and marker.exists() and marker.read_text().strip() == digest:
         return python
-    if not create:
+    if not create or _shared.get("venv_failed"):
         return None
     CLIENTS_VENV.parent.mkdir(parents=True, exist_ok=True)
+    _shared["venv_failed"] = True  # until proven otherwise: try once per session
     try:
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(CLIENTS_VENV)], check=True)
         subprocess.run(
@@ -292,6 +293,7 @@ def clients_python(create: bool = True) -> Path | None:
     except (subprocess.SubprocessError, OSError):
         return None
     marker.write_text(digest + "\n")
+    _shared["venv_failed"] = False
     return python
 
 

@@ -24,7 +24,7 @@ from tests.official_clients import acquire_server, release_server, strip_volatil
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # one server for all client modules (refcounted)
 def server():
     srv = acquire_server()
     yield srv

@@ -35,7 +35,7 @@ from tests.official_clients import (
 pytestmark = pytest.mark.timeout(400)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # one server for all client modules (refcounted)
 def server():
     srv = acquire_server()
     yield srv

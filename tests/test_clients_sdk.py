@@ -32,7 +32,7 @@ V1_MODELS = ["det/1", "seg/1", "pose/1", "cls/1", "mcls/1"]
 ALL_MODELS = [*V1_MODELS, "sem/1"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # one server for all client modules (refcounted)
 def server():
     srv = acquire_server()
     yield srv
