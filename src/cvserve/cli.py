@@ -149,7 +149,11 @@ def models_list(models_dir: Path | None = MODELS_DIR_OPT) -> None:
     settings = _settings(models_dir=models_dir)
     infos = ModelStore(settings.store_dir).infos()
     table = Table(title=f"models in {settings.store_dir}")
-    for col in ("id", "task", "classes", "input", "source", "licence"):
+    # id and task are never cut short (scripts grep for them); the other columns may be.
+    for col, attr in (("id", "model_id"), ("task", None)):
+        values = [i.model_id if attr else i.task.value for i in infos]
+        table.add_column(col, no_wrap=True, min_width=max(map(len, values), default=len(col)))
+    for col in ("classes", "input", "source", "licence"):
         table.add_column(col)
     for info in infos:
         src = info.source or {}
@@ -164,7 +168,10 @@ def models_list(models_dir: Path | None = MODELS_DIR_OPT) -> None:
             origin or str(src.get("format", "")),
             str(src.get("licence", "")),
         )
-    Console().print(table)
+    out = Console()
+    if not out.is_terminal:  # piped: no terminal width to honour, don't squeeze the table
+        out = Console(width=200)
+    out.print(table)
 
 
 @models_app.command("remove")

@@ -44,6 +44,34 @@ class YoloModel(OnnxModel):
         self.skeleton = [tuple(e) for e in manifest.skeleton] or default_skeleton(self.kpt_count)
         if self.num_classes == 0:
             raise ModelLoadError(f"model {model_id}: no class names")
+        self._check_outputs(model_id)
+
+    def _check_outputs(self, model_id: str) -> None:
+        """Refuse at load time (so at import) a graph that cannot match the manifest, rather
+        than failing every request: e.g. 80 class names for a 3-class head, no prototypes."""
+        outputs = self.pool.outputs
+        need = 2 if self.num_masks else 1
+        if len(outputs) < need:
+            raise ModelLoadError(
+                f"model {model_id}: expected {need} outputs (detections"
+                f"{' and mask prototypes' if self.num_masks else ''}), the graph has {len(outputs)}"
+            )
+        width = (6 if self.layout == "end2end" else 4 + self.num_classes) + self.extra
+        if self.layout == "v5":
+            width += 1
+        dims = [d for d in outputs[0].shape[-2:] if isinstance(d, int)]
+        if len(outputs[0].shape) >= 2 and len(dims) == 2 and width not in dims:
+            raise ModelLoadError(
+                f"model {model_id}: output shape {outputs[0].shape} has no axis of {width} "
+                f"values per candidate ({self.num_classes} classes, layout {self.layout})"
+            )
+        if self.num_masks:
+            proto = outputs[1].shape
+            if len(proto) != 4 or (isinstance(proto[1], int) and proto[1] != self.num_masks):
+                raise ModelLoadError(
+                    f"model {model_id}: mask prototypes must be [1, {self.num_masks}, H, W], "
+                    f"the graph gives {proto}"
+                )
 
     @property
     def extra(self) -> int:
