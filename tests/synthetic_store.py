@@ -119,7 +119,7 @@ def build_store(root: Path, work: Path, *, sam: bool = False) -> ModelStore:
     return store
 
 
-def test_image(width: int = 640, height: int = 640, seed: int = 0) -> np.ndarray:
+def sample_image(width: int = 640, height: int = 640, seed: int = 0) -> np.ndarray:
     """An RGB image with some texture (smooth gradients plus noise), uint8."""
     rng = np.random.default_rng(seed)
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
