@@ -227,6 +227,8 @@ def predict(
     models_dir: Path | None = MODELS_DIR_OPT,
 ) -> None:  # fmt: skip
     """Predict a batch of images; resumable, with a summary at the end."""
+    from rich.markup import escape as rich_escape
+
     from cvserve.predict import PredictError, PredictOptions, print_summary, run_with_progress
 
     opts = PredictOptions(
@@ -238,7 +240,7 @@ def predict(
     try:
         summary = run_with_progress(opts, console)
     except PredictError as e:
-        console.print(f"[red]error:[/red] {e}")
+        console.print(f"[red]error:[/red] {rich_escape(str(e))}", soft_wrap=True)
         raise typer.Exit(2) from None
     print_summary(summary, console)
     if summary.failures:

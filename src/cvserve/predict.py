@@ -667,14 +667,15 @@ def run_with_progress(opts: PredictOptions, console: Any) -> Summary:
 
 
 def print_summary(summary: Summary, console: Any) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
-    console.print(f"[bold]{summary.model_id}[/bold] ({summary.task})")
+    console.print(f"[bold]{escape(summary.model_id)}[/bold] ({summary.task})")
     table = Table(show_header=True)
     table.add_column("class")
     table.add_column("count" if summary.detections else "images", justify="right")
     for name, n in summary.per_class.most_common():
-        table.add_row(name, str(n))
+        table.add_row(escape(name), str(n))
     if summary.per_class:
         console.print(table)
     lines = [
@@ -687,8 +688,8 @@ def print_summary(summary: Summary, console: Any) -> None:
     for line in lines:
         console.print(line)
     for name, error in summary.failures[:10]:
-        console.print(f"  [red]failed[/red] {name}: {error}")
+        console.print(f"  [red]failed[/red] {escape(name)}: {escape(error)}", soft_wrap=True)
     if len(summary.failures) > 10:
         console.print(f"  ... and {len(summary.failures) - 10} more (see {FAILURES_NAME})")
     for path in summary.outputs:
-        console.print(f"output: {path}")
+        console.print(f"output: {escape(str(path))}", soft_wrap=True)
