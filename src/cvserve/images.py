@@ -103,8 +103,8 @@ def _apply_orientation(rgb: np.ndarray, orientation: int) -> np.ndarray:
         return rgb.transpose(1, 0, 2)
     if orientation == 6:
         return np.rot90(rgb, -1)
-    if orientation == 7:
-        return np.rot90(rgb, 1)[::-1]
+    if orientation == 7:  # transverse: mirror across the anti-diagonal
+        return rgb[::-1, ::-1].transpose(1, 0, 2)
     if orientation == 8:
         return np.rot90(rgb, 1)
     return rgb
@@ -134,8 +134,9 @@ def decode_image(
         raise BadRequest(f"cannot read {kind.upper()} header: image is malformed") from e
     _check_size(width, height, max_pixels, max_side)
     # A PNG's EXIF may follow the pixels: Pillow decodes the whole image to find it, so only
-    # ask when an eXIf chunk is there at all.
-    has_exif = kind in ("jpeg", "tiff", "webp") or (kind == "png" and b"eXIf" in data)
+    # ask when an eXIf chunk is there at all. A TIFF's Orientation is applied by Pillow
+    # itself when it loads the pixels (TiffImageFile.load_end), so not again here.
+    has_exif = kind in ("jpeg", "webp") or (kind == "png" and b"eXIf" in data)
     orientation = _orientation(pil) if has_exif else 1
     rgb = _decode_pixels(data, kind, pil, reduce)
     if orientation != 1:
@@ -154,7 +155,9 @@ def _decode_pixels(data: bytes, kind: str, pil: Image.Image, reduce: int) -> np.
             return simplejpeg.decode_jpeg(data, colorspace="RGB")
         except (ValueError, RuntimeError):
             pass  # CMYK and odd JPEGs: fall through to the general decoders
-    if kind in ("png", "bmp", "webp", "tiff", "jpeg"):
+    # TIFFs go to Pillow: OpenCV's TIFF decoder applies the Orientation tag even when told
+    # to ignore it, and not the same way on every build.
+    if kind in ("png", "bmp", "webp", "jpeg"):
         buf = np.frombuffer(data, np.uint8)
         # Orientation is applied by us (from the header we already read), not by OpenCV.
         try:
