@@ -142,8 +142,11 @@ def test_graceful_stop_leaves_queued_jobs_queued(db: Database) -> None:
         time.sleep(0.01)
     pool.stop()  # the running job outlives the grace period: handed back
     assert [status(db, i) for i in ids] == ["Running", "Queued", "Queued"]
-    release.set()
-    time.sleep(0.1)  # the old thread finishes; its attempt still holds the job
+    release.set()  # the old thread finishes: its attempt still holds the job, so it counts
+    deadline = time.monotonic() + 5
+    while status(db, ids[0]) != "Completed" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert status(db, ids[0]) == "Completed"
     # A new server (new owner) picks up whatever is left; all end Completed, nothing twice.
     q2 = JobQueue(db, owner=new_owner())
     pool2 = WorkerPool(q2, {"segment": handler}, 1, poll_s=0.05)

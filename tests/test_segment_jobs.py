@@ -152,6 +152,10 @@ def test_files_multipart_upload_and_errors(client: TestClient) -> None:
         f"{P}/files/byids", json={"items": [{"externalId": "m"}], "ignoreUnknownIds": True}
     )
     assert r.status_code == 200 and r.json()["items"][0]["id"] == meta["id"]
+    r = client.post(f"{P}/files/upload", data={"name": "x.png"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == 400
+    r = client.post(f"{P}/files/upload", files={"other": ("x.png", b"x", "image/png")})
+    assert r.status_code == 400 and "file" in r.json()["error"]["message"]
     for bad in ({}, {"name": ""}, [1]):
         r = client.post(f"{P}/files", json=bad)
         assert r.status_code == 400 and "message" in r.json()["error"]
