@@ -1,0 +1,85 @@
+"""Instance segmentation composed of two stored models: a detector's boxes prompt SAM.
+
+No trained instance-segmentation weights can be had offline, so `coco-segment` is a
+manifest whose postprocess names a detector (`"detector": "coco-detect/1"`) and a SAM
+model (`"segmenter": "mobilesam/1"`) in the same store. Each box the detector keeps
+(after its thresholds, class filter, NMS and cap) becomes a SAM box prompt on one shared
+image embedding; the mask is cropped to the box, as instance masks are everywhere else.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from cvserve.errors import ModelLoadError
+from cvserve.models import registry
+from cvserve.models.base import InferParams, Model, Task
+from cvserve.models.manifest import Manifest
+from cvserve.models.runtime import RuntimeOptions
+from cvserve.models.store import info_from_manifest, parse_model_id
+from cvserve.results import BoxMask, Detections, Prediction
+
+
+def load_sibling(root: Path, model_id: str, options: RuntimeOptions) -> Model:
+    """Another model of the same store, by id (the store's own layout: root/dataset/version)."""
+    dataset, version = parse_model_id(model_id)
+    folder = root / dataset / version
+    return registry.load(model_id, Manifest.read(folder), folder, options)
+
+
+def box_mask(mask: np.ndarray, box: np.ndarray) -> BoxMask:
+    """The part of a full-size mask inside the (outward-rounded, clipped) box."""
+    h, w = mask.shape
+    x0, y0 = max(0, math.floor(box[0])), max(0, math.floor(box[1]))
+    x1, y1 = min(w, math.ceil(box[2])), min(h, math.ceil(box[3]))
+    return BoxMask(x0, y0, np.ascontiguousarray(mask[y0 : max(y0, y1), x0 : max(x0, x1)]))
+
+
+class CompositeModel(Model):
+    def __init__(self, model_id: str, manifest: Manifest, root: Path, options: RuntimeOptions):
+        post = manifest.postprocess
+        try:
+            det_id, seg_id = str(post["detector"]), str(post["segmenter"])
+        except KeyError as e:
+            raise ModelLoadError(f"model {model_id}: composite needs postprocess.{e}") from e
+        self.detector = load_sibling(root, det_id, options)
+        try:
+            self.segmenter = load_sibling(root, seg_id, options)
+        except BaseException:
+            self.detector.close()
+            raise
+        if self.detector.task is not Task.OBJECT_DETECTION or not hasattr(
+            self.segmenter, "segment"
+        ):
+            self.close()
+            raise ModelLoadError(f"model {model_id}: needs a detector and a SAM model")
+        self.info = info_from_manifest(model_id, manifest)
+        self.info.class_names = list(self.detector.class_names)
+        self.info.input_size = self.detector.info.input_size
+
+    def predict(self, image: np.ndarray, params: InferParams) -> Prediction:
+        h, w = image.shape[:2]
+        det: Detections = self.detector.predict(image, params).result
+        masks: list[BoxMask] = []
+        if len(det):
+            embedding = self.segmenter.embed(image)  # once per image, shared by every box
+            for box in det.xyxy:
+                mask, _score = self.segmenter.segment(embedding, box=box)
+                masks.append(box_mask(mask, box))
+        det.masks = masks
+        return Prediction(det, w, h)
+
+    def close(self) -> None:
+        self.detector.close()
+        self.segmenter.close()
+
+
+@registry.family("composite")
+def load_composite(
+    model_id: str, manifest: Manifest, folder: Path, options: RuntimeOptions
+) -> CompositeModel:
+    # folder is <root>/<dataset>/<version>; the parts live beside it.
+    return CompositeModel(model_id, manifest, folder.parent.parent, options)
