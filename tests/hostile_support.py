@@ -305,7 +305,8 @@ class LiveServer:
         raise RuntimeError(f"server did not start in {timeout_s} s:\n{self.log()}")
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def alive(self) -> bool:

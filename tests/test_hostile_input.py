@@ -132,7 +132,13 @@ def corpus() -> list[Case]:
         Case("base64 of text", B64(b"hello world, not an image"), status=(415,)),
         Case("data uri, empty", b"data:image/png;base64,", mentions=("no image",)),
         Case("data uri, garbage", b"data:image/png;base64,@@@@", mentions=("base64",)),
-        Case("raw text/plain junk", b"\x00\x01\x02 binary junk", headers={}, mentions=("base64",)),
+        Case(
+            "raw binary junk",
+            b"\x00\x01\x02 junk",
+            headers={},
+            status=(400, 415),
+            mentions=("base64",),
+        ),
         Case("only a magic number", b"\x89PNG\r\n\x1a\n", headers={}, mentions=("png",)),
         # -- truncated / corrupt images --------------------------------------------------
         Case("truncated PNG", B64(png[: len(png) // 2]), mentions=("png",)),

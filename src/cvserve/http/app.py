@@ -16,8 +16,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cvserve import __version__
-from cvserve.errors import CVServeError, Overloaded, Unauthorized
+from cvserve.errors import CVServeError, Unauthorized
+from cvserve.http import observability
 from cvserve.http.auth import UNAUTHORIZED_BODY, KeyChecker
+from cvserve.http.ratelimit import RateLimiter
 from cvserve.http.responses import json_response
 from cvserve.http.state import AppState
 from cvserve.models.runtime import RuntimeOptions
@@ -31,6 +33,7 @@ log = logging.getLogger("cvserve.http")
 _ROUTER_MODULES = (
     "cvserve.http.system",
     "cvserve.http.infer",
+    "cvserve.http.observability",
     "cvserve.http.vision",
     "cvserve.http.web",
     "cvserve.http.hosted",
@@ -45,7 +48,7 @@ def build_state(settings: Settings, store: ModelStore | None = None) -> AppState
     return AppState(
         settings=settings,
         store=store,
-        keys=KeyChecker(settings.api_keys),
+        keys=KeyChecker(settings.api_keys, RateLimiter(settings.rate_limit_per_minute)),
         executor=ThreadPoolExecutor(
             max_workers=max(2, settings.workers + 2), thread_name_prefix="cvserve-infer"
         ),
@@ -81,6 +84,7 @@ def create_app(settings: Settings, state: AppState | None = None) -> FastAPI:
     )
     app.state.cvserve = state
     app.add_middleware(CollapseSlashes)
+    observability.install(app, state)  # request ids, access log, deadline, metrics
     _install_error_handlers(app)
     for module_name in _ROUTER_MODULES:
         try:
@@ -114,8 +118,9 @@ def error_response(exc: CVServeError) -> Response:
     if isinstance(exc, Unauthorized):
         return json_response(UNAUTHORIZED_BODY, status=403)
     headers = {}
-    if isinstance(exc, Overloaded):
-        headers["Retry-After"] = str(exc.retry_after_s)
+    retry_after = getattr(exc, "retry_after_s", None)  # 503 Overloaded, 429 RateLimited
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
     return json_response({"message": exc.message}, status=exc.status, headers=headers)
 
 

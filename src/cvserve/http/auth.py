@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from starlette.requests import Request
 
 from cvserve.errors import Unauthorized
+from cvserve.http.ratelimit import RateLimiter
 
 UNAUTHORIZED_BODY = {"Message": "User is not authorized to access this resource"}
 
@@ -18,8 +19,9 @@ def _digest(key: str) -> bytes:
 
 
 class KeyChecker:
-    def __init__(self, keys: Iterable[str]) -> None:
+    def __init__(self, keys: Iterable[str], limiter: RateLimiter | None = None) -> None:
         self._digests = [_digest(k) for k in keys if k]
+        self.limiter = limiter
 
     @property
     def required(self) -> bool:
@@ -48,10 +50,17 @@ class KeyChecker:
         header = request.headers.get("api-key")
         if header:
             return header
-        return body_key
+        return body_key if isinstance(body_key, str) else None  # JSON may carry anything
 
     def check(self, request: Request, body_key: str | None = None) -> str | None:
+        """The caller's key if it may proceed: 403 for a bad key, 429 over the rate limit."""
         key = self.key_from(request, body_key)
         if not self.valid(key):
             raise Unauthorized("User is not authorized to access this resource")
+        self.limit(request, key)
         return key
+
+    def limit(self, request: Request, key: str | None) -> None:
+        """Count one request against the caller's rate limit (per key, else per address)."""
+        if self.limiter is not None:
+            self.limiter.hit(key, request.client.host if request.client else None)

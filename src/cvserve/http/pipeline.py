@@ -4,8 +4,12 @@ decode + predict + render in ONE worker-thread hop, under a deadline."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextvars import ContextVar, Token
 from typing import Any
 
 import numpy as np
@@ -15,6 +19,7 @@ from cvserve.errors import BadRequest, DeadlineExceeded, ModelNotFound, Overload
 from cvserve.http.state import AppState
 from cvserve.images import decode_image
 from cvserve.models.base import InferParams, Model, ModelInfo
+from cvserve.models.runtime import new_run_options, run_options
 from cvserve.models.store import info_from_manifest, parse_model_id
 from cvserve.results import Prediction
 from cvserve.settings import Settings
@@ -43,8 +48,16 @@ async def get_model(state: AppState, model_id: str) -> Model:
         return model
     model_info(state, model_id)  # 404 before any loading
     loop = asyncio.get_running_loop()
-    # Loading runs on its own pool: a slow load never holds an inference thread.
-    return await loop.run_in_executor(state.loader, state.store.get, model_id)
+    # Loading runs on its own pool: a slow load never holds an inference thread. It is
+    # shielded: a request that gives up waiting leaves the load going for the next one.
+    future = loop.run_in_executor(state.loader, state.store.get, model_id)
+    try:
+        return await asyncio.wait_for(asyncio.shield(future), timeout=max(0.0, time_left(state)))
+    except asyncio.TimeoutError:
+        raise DeadlineExceeded(
+            f"model {model_id} is still loading after {state.settings.request_timeout_s:g} s; "
+            "retry shortly"
+        ) from None
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -68,21 +81,75 @@ async def read_body(request: Request, limit: int) -> bytes:
     return body
 
 
+# -- deadlines ---------------------------------------------------------------------------
+# When the request began its countdown (set by the request middleware); without one, each
+# stage gets the whole request_timeout_s.
+_DEADLINE: ContextVar[float | None] = ContextVar("cvserve_request_deadline", default=None)
+
+
+def start_deadline(seconds: float) -> Token:
+    return _DEADLINE.set(time.monotonic() + seconds)
+
+
+def reset_deadline(token: Token) -> None:
+    _DEADLINE.reset(token)
+
+
+def time_left(state: AppState) -> float:
+    at = _DEADLINE.get()
+    if at is None:
+        return state.settings.request_timeout_s
+    return at - time.monotonic()
+
+
+# -- admission ---------------------------------------------------------------------------
+Listener = Callable[[str, str, float, float], None]  # (model_id, outcome, queued_s, run_s)
+
+
 class Admission:
-    """Per-model bound on requests in flight: beyond it, answer 503 instead of queueing."""
+    """Per-model bound on requests admitted (queued + running): beyond it, 503 instead of
+    queueing. A request keeps its slot until its worker job has finished or left the
+    queue, not merely until its caller stopped waiting (a 504 frees no core), so the
+    bound stays honest after deadlines."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.in_flight: dict[str, int] = {}
+        self.running: dict[str, int] = {}
+        self.listeners: list[Listener] = []
+        self._lock = threading.Lock()
 
     def enter(self, model_id: str) -> None:
-        n = self.in_flight.get(model_id, 0)
-        if n >= self.limit:
-            raise Overloaded(f"model {model_id} is busy ({n} requests queued); retry shortly")
-        self.in_flight[model_id] = n + 1
+        with self._lock:
+            n = self.in_flight.get(model_id, 0)
+            if n < self.limit:
+                self.in_flight[model_id] = n + 1
+                return
+        self.notify(model_id, "overloaded", 0.0, 0.0)
+        raise Overloaded(f"model {model_id} is busy ({n} requests queued); retry shortly")
 
-    def leave(self, model_id: str) -> None:
-        self.in_flight[model_id] = max(0, self.in_flight.get(model_id, 1) - 1)
+    def started(self, model_id: str) -> None:
+        with self._lock:
+            self.running[model_id] = self.running.get(model_id, 0) + 1
+
+    def leave(self, model_id: str, *, ran: bool = False) -> None:
+        with self._lock:
+            self.in_flight[model_id] = max(0, self.in_flight.get(model_id, 1) - 1)
+            if ran:
+                self.running[model_id] = max(0, self.running.get(model_id, 1) - 1)
+
+    def snapshot(self) -> dict[str, tuple[int, int]]:
+        """model_id -> (queued, running)."""
+        with self._lock:
+            return {
+                m: (max(0, n - self.running.get(m, 0)), self.running.get(m, 0))
+                for m, n in self.in_flight.items()
+            }
+
+    def notify(self, model_id: str, outcome: str, queued_s: float, run_s: float) -> None:
+        for listener in list(self.listeners):
+            with contextlib.suppress(Exception):  # metrics must never fail a request
+                listener(model_id, outcome, queued_s, run_s)
 
 
 def admission(state: AppState) -> Admission:
@@ -93,20 +160,79 @@ def admission(state: AppState) -> Admission:
     return gate  # type: ignore[return-value]
 
 
+def _lane_executor(state: AppState, model_id: str) -> ThreadPoolExecutor:
+    """Each model queues on its own threads (its lanes, plus one to decode the next image
+    meanwhile), so a slow or saturated model never holds up requests to another."""
+    executors: dict[str, ThreadPoolExecutor] | None = state.extras.get("lane_executors")  # type: ignore[assignment]
+    if executors is None:
+        executors = {}
+        state.extras["lane_executors"] = executors
+
+        async def _shutdown() -> None:
+            for ex in list(executors.values()):
+                await asyncio.to_thread(ex.shutdown, wait=True, cancel_futures=False)
+
+        state.shutdown.append(_shutdown)
+    ex = executors.get(model_id)
+    if ex is None:
+        ex = executors.setdefault(
+            model_id,
+            ThreadPoolExecutor(
+                max_workers=max(1, state.settings.workers) + 1,
+                thread_name_prefix=f"cvserve-{model_id.replace('/', '-')[:40]}",
+            ),
+        )
+    return ex
+
+
 async def run_in_worker(state: AppState, model_id: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """Run fn(*args) on the model's worker threads, admitted by the gate, within the
+    request's deadline. Past it: 504, and the ONNX Runtime run is told to stop."""
     gate = admission(state)
     gate.enter(model_id)
-    try:
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(state.executor, fn, *args)
+    options = new_run_options()
+    admitted = time.perf_counter()
+    timing = {"queued": 0.0, "run": 0.0}
+
+    def work() -> Any:
+        begun = time.perf_counter()
+        timing["queued"] = begun - admitted
+        gate.started(model_id)
         try:
-            return await asyncio.wait_for(future, timeout=state.settings.request_timeout_s)
-        except asyncio.TimeoutError:
-            raise DeadlineExceeded(
-                f"inference did not finish within {state.settings.request_timeout_s:g} s"
-            ) from None
-    finally:
+            with run_options(options):
+                return fn(*args)
+        finally:
+            timing["run"] = time.perf_counter() - begun
+
+    def done(f: Future) -> None:
+        ran = not f.cancelled()
+        gate.leave(model_id, ran=ran)
+        if not ran:
+            outcome = "cancelled"
+        elif options.terminate:
+            outcome = "deadline"
+        else:
+            outcome = "ok" if f.exception() is None else "error"
+        gate.notify(model_id, outcome, timing["queued"], timing["run"])
+
+    try:
+        job = _lane_executor(state, model_id).submit(work)
+    except RuntimeError:  # the executor is shut down: the server is stopping
         gate.leave(model_id)
+        raise Overloaded("the server is shutting down; retry shortly") from None
+    job.add_done_callback(done)
+    try:
+        return await asyncio.wait_for(asyncio.wrap_future(job), timeout=max(0.0, time_left(state)))
+    except asyncio.TimeoutError:
+        options.terminate = True  # a queued job is dropped, a running one stops
+        job.cancel()
+        raise DeadlineExceeded(
+            f"inference on {model_id} did not finish within {state.settings.request_timeout_s:g} s"
+        ) from None
+    except asyncio.CancelledError:
+        options.terminate = True
+        job.cancel()
+        raise
 
 
 def decode_and_predict(

@@ -7,6 +7,7 @@ cores/lanes intra-op threads, so lanes run side by side without oversubscribing 
 from __future__ import annotations
 
 import queue
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -51,6 +52,30 @@ def make_session(path: Path, threads: int) -> ort.InferenceSession:
         raise ModelLoadError(f"cannot load ONNX file {path.name}: {e}") from e
 
 
+_run_context = threading.local()
+
+
+@contextmanager
+def run_options(options: ort.RunOptions | None) -> Iterator[None]:
+    """Runs on this thread use `options` (the HTTP layer sets `terminate` on a deadline)."""
+    previous = getattr(_run_context, "options", None)
+    _run_context.options = options
+    try:
+        yield
+    finally:
+        _run_context.options = previous
+
+
+def new_run_options() -> ort.RunOptions:
+    options = ort.RunOptions()
+    options.log_severity_level = 4  # a run stopped on purpose is not an error to log
+    return options
+
+
+def current_run_options() -> ort.RunOptions | None:
+    return getattr(_run_context, "options", None)
+
+
 class SessionPool:
     """`lanes` identical sessions; `with pool.session() as s:` borrows one."""
 
@@ -86,4 +111,4 @@ class SessionPool:
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         with self.session() as s:
-            return s.run(None, feeds)
+            return s.run(None, feeds, run_options=current_run_options())
