@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import typer
@@ -70,9 +69,9 @@ def serve(
         workers=workers,
         log_level=log_level,
     )
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    from cvserve.http.observability import configure_logging
+
+    configure_logging(log_level)  # lines carry the request id; access log on cvserve.access
     if settings.auto_pull and not no_pull and not ModelStore(settings.store_dir).ids():
         _pull_defaults(settings)
     console.print(
