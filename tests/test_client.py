@@ -131,6 +131,13 @@ def test_save_draws_boxes_where_the_model_put_them(client: Client, workdir: Path
     assert not _near(centre[None], PERSON_RGB)[0]  # boxes are outlines, not fills
     jpg = result.save(workdir / "out" / "det.jpg")
     assert jpg.read_bytes()[:2] == b"\xff\xd8"
+    # The label sits on a filled tab above the box; predict(stroke=, labels=) set defaults.
+    above = (slice(y1 - 8, y1 - 3), slice(x1 + 5, x1 + 40))
+    assert _near(drawn[above], PERSON_RGB).mean() > 0.5
+    plain = client.model("det/1").predict(workdir / "photo.png", stroke=6, labels=False)
+    bare = np.asarray(Image.open(plain.save(workdir / "out" / "bare.png")).convert("RGB"))
+    assert _near(bare[above], PERSON_RGB).mean() < 0.1
+    assert _near(bare[y1 + 20 : y2 - 20, x1 + 2], PERSON_RGB).mean() > 0.95  # 6 px wide
 
 
 def test_segmentation_masks_round_trip(client: Client, workdir: Path) -> None:
@@ -212,7 +219,7 @@ def test_hosted_url_is_fetched_by_the_server(
     client: Client, image_host: str, workdir: Path
 ) -> None:
     url = f"{image_host}/photo.png"
-    result = client.model("det/1").predict(url, hosted=True)
+    result = client.model("det/1").predict(url, True)  # hosted is second, as in roboflow
     assert set(_boxes(result)) == {"person", "car"}
     out = result.save(workdir / "out" / "hosted.png")  # the client downloads it to draw
     assert Image.open(out).size == (640, 640)

@@ -331,11 +331,15 @@ class PredictionResult:
         image: bytes | np.ndarray | str | None = None,
         client: Client | None = None,
         confidence: float | None = None,
+        stroke: int | None = None,
+        labels: bool = True,
     ) -> None:
         self._body = body
         self._image = image  # encoded bytes, an RGB array, or a URL fetched when needed
         self._client = client
         self._confidence = confidence
+        self._stroke = stroke
+        self._labels = labels
         self._typed: Any = None
 
     # the roboflow package's PredictionGroup names
@@ -397,11 +401,13 @@ class PredictionResult:
         self._image = rgb
         return rgb
 
-    def annotated(self, *, stroke: int | None = None, labels: bool = True) -> np.ndarray:
+    def annotated(self, *, stroke: int | None = None, labels: bool | None = None) -> np.ndarray:
         """The input image (RGB) with the predictions drawn over it."""
         from cvserve.render.annotate import annotate
 
         img = self.image()
+        stroke = self._stroke if stroke is None else stroke
+        labels = self._labels if labels is None else labels
         if stroke is None:
             stroke = max(2, round(max(img.shape[:2]) / 400))
         threshold = self._confidence if self._confidence is not None else 0.5
@@ -409,7 +415,7 @@ class PredictionResult:
 
     def save(
         self, output_path: str | os.PathLike = "predictions.jpg", *, stroke: int | None = None,
-        labels: bool = True,
+        labels: bool | None = None,
     ) -> Path:  # fmt: skip
         """Write the annotated image (JPEG, PNG, WebP... by the file's extension)."""
         import cv2
@@ -531,19 +537,23 @@ class Model:
     def predict(
         self,
         image: ImageLike,
+        hosted: bool = False,
+        *,
         confidence: float | None = None,
         overlap: float | None = None,
         classes: str | Sequence[str] | None = None,
-        hosted: bool = False,
-        *,
         max_detections: int | None = None,
         keypoint_confidence: float | None = None,
         mask_format: str | None = None,
         name: str | None = None,
         channels: str = "bgr",
+        stroke: int | None = None,
+        labels: bool = True,
     ) -> PredictionResult:
         """Run the model on one image. `confidence`/`overlap` are percentages (40) or
-        fractions (0.4), as on the hosted API; `classes` keeps only those names."""
+        fractions (0.4), as on the hosted API; `classes` keeps only those names. `hosted`
+        comes second, as in the `roboflow` package; everything else is keyword-only.
+        `stroke` and `labels` are the defaults of the result's `save()`."""
         query: dict[str, str] = {"format": "json"}
         for key, value in (
             ("confidence", confidence),
@@ -578,7 +588,10 @@ class Model:
         fraction = None
         if confidence is not None:
             fraction = float(confidence) / 100.0 if float(confidence) >= 1 else float(confidence)
-        return PredictionResult(body, image=attached, client=self.client, confidence=fraction)
+        return PredictionResult(
+            body, image=attached, client=self.client, confidence=fraction, stroke=stroke,
+            labels=labels,
+        )  # fmt: skip
 
     def segment(
         self,
