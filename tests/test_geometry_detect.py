@@ -27,7 +27,7 @@ from tests.synthetic import (
 )
 
 NAMES = ["cat", "dog", "bird"]
-SIZES = [(640, 480), (480, 640), (1920, 1080), (37, 901)]
+SIZES = [(640, 480), (480, 640), (1920, 1080), (37, 901), (64, 48), (641, 3)]
 
 
 def _detect_model(tmp_path: Path, boxes_in, scores, name="det.onnx", candidates=16, imgsz=640):

@@ -206,3 +206,37 @@ def test_segment_confidence_and_filters(tmp_path, store, make_client):
         "ball"
     ]
     assert hosted(client, "seg/1", img, confidence=95)["predictions"] == []
+
+
+def test_instance_past_the_image_edge_is_clipped(tmp_path, store, make_client):
+    """A disc half outside a 1280 x 720 image (in the letterbox padding): box and mask stop
+    at the image border, and the RLE still covers exactly the image."""
+    width, height = 1280, 720
+    r, left, top = letterbox_reference(width, height, 640, 640)
+    centre, radius = (1250.0, 360.0), 100.0
+    box = (1140.0, 250.0, 1360.0, 470.0)
+    plane = disc_proto(
+        (160, 160), ((centre[0] * r + left) / 4, (centre[1] * r + top) / 4), radius * r / 4
+    )
+    x1, y1, x2, y2 = (box[0] * r + left, box[1] * r + top, box[2] * r + left, box[3] * r + top)
+    head = yolo_head(
+        [((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1)], [[0.9, 0.0]], [one_hot(0)], candidates=8
+    )
+    meta = ultralytics_meta("segment", NAMES)
+    path = constant_model(tmp_path / "edge.onnx", [head, seg_protos([plane])], metadata=meta)
+    add_model(store, "edge/1", path)
+    client = make_client(store)
+    img = png_bytes(np.zeros((height, width, 3), np.uint8))
+    (pred,) = hosted(client, "edge/1", img, response_mask_format="rle")["predictions"]
+    # the box is clipped to the image: x from 1140 to 1280
+    assert pred["x"] - pred["width"] / 2 == pytest.approx(1140.0, abs=0.02)
+    assert pred["x"] + pred["width"] / 2 == pytest.approx(1280.0, abs=0.02)
+    xs, ys = _centres(width, height)
+    want = np.hypot(xs - centre[0], ys - centre[1]) < radius
+    rle = pred["rle"]
+    decoded = coco_mask.decode({"size": rle["size"], "counts": rle["counts"].encode()}).astype(bool)
+    assert decoded.shape == (height, width)
+    assert _iou(decoded, want) >= 0.98
+    pts = np.array([[p["x"], p["y"]] for p in pred["points"]])
+    assert pts[:, 0].max() <= width - 1 and pts[:, 0].min() >= 1140 - 1
+    assert _iou(_fill(pred["points"], width, height), want) >= 0.98
