@@ -18,6 +18,40 @@ def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
+# Up to this many candidates, all pairwise IoUs are computed at once (n^2 float64: 8 MB at
+# 1000) and the greedy pass only reads rows; beyond, IoUs are computed per kept box.
+_MATRIX_MAX = 1000
+
+
+def pairwise_iou(boxes: np.ndarray) -> np.ndarray:
+    """(n, n) IoU matrix of xyxy boxes; the same arithmetic as box_iou, so the same values."""
+    x1 = np.maximum(boxes[:, None, 0], boxes[None, :, 0])
+    y1 = np.maximum(boxes[:, None, 1], boxes[None, :, 1])
+    x2 = np.minimum(boxes[:, None, 2], boxes[None, :, 2])
+    y2 = np.minimum(boxes[:, None, 3], boxes[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    union = areas[:, None] + areas[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def _nms_matrix(
+    sorted_boxes: np.ndarray, iou: float, max_keep: int, order: np.ndarray
+) -> np.ndarray:
+    over = pairwise_iou(sorted_boxes) > iou
+    n = len(order)
+    suppressed = np.zeros(n, bool)
+    keep: list[int] = []
+    for i in range(n):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        if len(keep) >= max_keep:
+            break
+        suppressed |= over[i]
+    return order[np.asarray(keep, np.int64)].astype(np.int64)
+
+
 def nms(
     xyxy: np.ndarray,
     scores: np.ndarray,
@@ -35,6 +69,8 @@ def nms(
         span = float(boxes.max() - min(boxes.min(), 0.0)) + 1.0
         boxes += (class_id.astype(np.float64) * span)[:, None]
     order = np.argsort(-scores, kind="stable")
+    if n <= _MATRIX_MAX:
+        return _nms_matrix(boxes[order], iou, max_keep, order)
     keep: list[int] = []
     while order.size and len(keep) < max_keep:
         i = int(order[0])

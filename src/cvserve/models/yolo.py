@@ -147,11 +147,13 @@ class YoloModel(OnnxModel):
     def _decode_raw(self, rows: np.ndarray, params: InferParams):
         nc = self.num_classes
         offset = 5 if self.layout == "v5" else 4
-        cls = rows[:, offset : offset + nc]
+        # Class scores candidate-minor ((nc, N), the export's own contiguous layout when the
+        # head is [1, 4+nc+extra, N]): argmax/max along axis 0 then run over contiguous rows.
+        cls = rows.T[offset : offset + nc]
         if self.layout == "v5":
-            cls = cls * rows[:, 4:5]
-        class_id = cls.argmax(1)
-        scores = cls[np.arange(cls.shape[0]), class_id]
+            cls = cls * rows.T[4:5]
+        class_id = cls.argmax(0)
+        scores = cls.max(0)
         keep = scores > params.confidence
         class_keep = self._class_keep(class_id, params)
         if class_keep is not None:
