@@ -80,8 +80,17 @@ def prepare(
     if spec.resize == "letterbox" or spec.resize == "fit":
         r, new_w, new_h, left, top = letterbox_geometry(w, h, in_w, in_h, spec.pad_align)
         resized = _resize(image, new_w, new_h, spec.interpolation)
-        canvas = np.full((in_h, in_w, 3), spec.pad_value, dtype=np.uint8)
-        canvas[top : top + new_h, left : left + new_w] = resized
+        # One pass: the border is written around the resized pixels (no full + copy).
+        pad = int(spec.pad_value)
+        canvas = cv2.copyMakeBorder(
+            np.ascontiguousarray(resized),
+            top,
+            in_h - new_h - top,
+            left,
+            in_w - new_w - left,
+            cv2.BORDER_CONSTANT,
+            value=(pad, pad, pad),
+        )
         # Ultralytics inverts with the single gain r, not new_w / w.
         t = Transform(r, r, left, top, w, h, (left, top, left + new_w, top + new_h))
         return canvas, t
@@ -120,8 +129,40 @@ def _center_crop_first(
     return crop, Transform(sx, sy, -x0 * sx, -y0 * sy, w, h, (0, 0, in_w, in_h))
 
 
+def _planar_float32(pixels: np.ndarray, spec: Preprocess) -> np.ndarray:
+    """HWC uint8 -> [1, C, H, W] float32 in one pass per channel, written straight into the
+    result. Per element it does the same float32 operations as the general path below
+    (float32(p) * float32(scale), - float32(mean), / float32(std)), so the values are equal."""
+    h, w, channels = pixels.shape
+    out = np.empty((1, channels, h, w), np.float32)
+    planes = cv2.split(pixels)  # contiguous planes: the multiply below then streams
+    if spec.color == "bgr":
+        planes = planes[::-1]
+    scale = np.float32(spec.scale)
+    for c, plane in enumerate(planes):
+        o = out[0, c]
+        if spec.scale != 1.0:
+            np.multiply(plane, scale, out=o, dtype=np.float32)
+        else:
+            o[...] = plane
+        if spec.mean[c]:
+            o -= np.float32(spec.mean[c])
+        if spec.std[c] != 1.0:
+            o /= np.float32(spec.std[c])
+    return out
+
+
 def to_tensor(pixels: np.ndarray, spec: Preprocess, dtype: type | None = None) -> np.ndarray:
     """(H, W, 3) RGB uint8 -> a batch of one in the model's layout, colour order and scale."""
+    target_name = np.dtype(dtype).name if dtype is not None else spec.dtype
+    if (
+        target_name == "float32"
+        and spec.layout == "nchw"
+        and pixels.dtype == np.uint8
+        and pixels.ndim == 3
+        and pixels.shape[2] == 3
+    ):
+        return _planar_float32(pixels, spec)
     if spec.color == "bgr":
         pixels = pixels[..., ::-1]
     target = (
