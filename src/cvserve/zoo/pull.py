@@ -71,6 +71,7 @@ def _pull(
     source = importlib.import_module(entry.module)
     ctx = BuildContext(entry=entry, store=store, packages=packages, tooling=tooling, step=step)
     staging = store.staging_dir()
+    staging.chmod(0o755)  # mkdtemp makes it owner-only; installed models are plain folders
     started = time.monotonic()
     try:
         manifest: Manifest = source.build(ctx, staging)

