@@ -9,6 +9,7 @@ import asyncio
 import base64
 import json
 import logging
+import re
 import signal
 import threading
 import time
@@ -413,3 +414,5 @@ def test_keys_never_logged(models_dir: Path, tmp_path: Path) -> None:
         log = server.log()
     assert key not in log and wrong not in log
     assert '"path":"/det/1"' in log and '"status":429' in log, log[-2000:]
+    # Every access line names its request id, also in the line's prefix.
+    assert re.search(r'\[([0-9a-f]{32})\] \{"request_id":"\1"', log), log[-2000:]
