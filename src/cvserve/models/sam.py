@@ -255,6 +255,9 @@ class SamModel(Model):
         score = float(ious[best]) if ious.size else 0.0
         return logits > 0, score
 
+    def close(self) -> None:
+        self.cache.clear()  # embeddings are 4 MiB each: free them with the model
+
     def predict(self, image: np.ndarray, params: InferParams) -> Prediction:
         raise BadRequest(
             "this model is promptable: it needs points or a box; "
