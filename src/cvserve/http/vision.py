@@ -140,13 +140,14 @@ def _validation_text(errors: Any) -> str:
 
 # -- request helpers ---------------------------------------------------------------------
 def _authorise(state: AppState, request: Request) -> None:
-    if not state.keys.required:
-        return
     key = KeyChecker.key_from(request)
-    if not key:
-        raise PlatformError(401, "Unauthorized: send `Authorization: Bearer KEY` or `api-key`")
-    if not state.keys.valid(key):
-        raise PlatformError(403, "User is not authorized to access this resource")
+    if state.keys.required:
+        if not key:
+            raise PlatformError(401, "Unauthorized: send `Authorization: Bearer KEY` or `api-key`")
+        if not state.keys.valid(key):
+            raise PlatformError(403, "User is not authorized to access this resource")
+    # The jobs API shares the per-key (or per-address) rate limit of the inference routes.
+    state.keys.limit(request, key)
 
 
 def _require_beta(request: Request) -> None:
