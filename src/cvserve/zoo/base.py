@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -15,6 +15,10 @@ from cvserve.models.base import Model, Task
 from cvserve.models.manifest import Manifest
 from cvserve.models.runtime import RuntimeOptions
 from cvserve.models.store import ModelStore
+
+if TYPE_CHECKING:  # both import ZooError from here
+    from cvserve.zoo.packages import PackageCache
+    from cvserve.zoo.tooling import Tooling
 
 # The steps a pull reports, in order ("tooling" only for models that need a converter).
 STEPS = ("download", "tooling", "convert", "verify", "install")
@@ -69,8 +73,8 @@ class BuildContext:
 
     entry: Entry
     store: ModelStore
-    packages: Any  # cvserve.zoo.packages.PackageCache (Any: avoids an import cycle)
-    tooling: Any  # cvserve.zoo.tooling.Tooling
+    packages: PackageCache
+    tooling: Tooling
     step: Callable[[str, str], None] = field(default=lambda step, detail="": None)
 
     @property

@@ -79,7 +79,10 @@ def _pull(
         step("verify", "on a known photo")
         source.check(ctx, staging, manifest)
         step("install", entry.model_id)
-        store.install(entry.model_id, staging, replace=replace)
+        if replace or not store.exists(entry.model_id):  # else a concurrent pull won
+            store.install(entry.model_id, staging, replace=replace)
+        else:
+            shutil.rmtree(staging, ignore_errors=True)
     except BaseException as e:
         shutil.rmtree(staging, ignore_errors=True)
         step("failed", e.message if isinstance(e, CVServeError) else repr(e))
