@@ -14,8 +14,6 @@ COCO_SKELETON = [
     (5, 7), (6, 8), (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6),
 ]  # fmt: skip
 
-FACE5_KEYPOINTS = ["left_eye", "right_eye", "nose", "left_mouth", "right_mouth"]
-
 
 def default_names(count: int) -> list[str]:
     if count == len(COCO_KEYPOINTS):
