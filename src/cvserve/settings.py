@@ -25,8 +25,10 @@ class Settings:
     api_keys: tuple[str, ...] = ()
     allow_url_hosts: tuple[str, ...] = ()
     # Inference lanes per model: each lane owns an ONNX Runtime session with cores/lanes threads.
-    workers: int = 1
-    intra_op_threads: int = 0  # 0: cores / workers
+    # 0 (auto): one single-threaded lane per core, plus one session using every core for
+    # runs that start while the model is idle (measured best for latency and throughput).
+    workers: int = 0
+    intra_op_threads: int = 0  # 0: cores / lanes
     max_body_bytes: int = 32 * 1024 * 1024
     max_image_pixels: int = 80_000_000
     max_image_side: int = 20_000
@@ -49,10 +51,18 @@ class Settings:
     def cores(self) -> int:
         return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
 
+    def lanes(self) -> int:
+        """Inference lanes per model: `workers`, or one per core when it is 0 (auto)."""
+        return self.workers if self.workers > 0 else self.cores
+
     def threads_per_lane(self) -> int:
         if self.intra_op_threads > 0:
             return self.intra_op_threads
-        return max(1, self.cores // max(1, self.workers))
+        return max(1, self.cores // self.lanes())
+
+    def wide_threads(self) -> int:
+        """Threads of the extra all-core session (auto layout only; 0: none)."""
+        return self.cores if self.workers <= 0 and self.cores > 1 else 0
 
     def with_overrides(self, **overrides: object) -> Settings:
         """Copy with the given fields replaced; None values are ignored."""

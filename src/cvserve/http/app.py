@@ -42,7 +42,9 @@ _ROUTER_MODULES = (
 
 def build_state(settings: Settings, store: ModelStore | None = None) -> AppState:
     options = RuntimeOptions(
-        lanes=max(1, settings.workers), threads_per_lane=settings.threads_per_lane()
+        lanes=settings.lanes(),
+        threads_per_lane=settings.threads_per_lane(),
+        wide_threads=settings.wide_threads(),
     )
     store = store or ModelStore(settings.store_dir, options)
     return AppState(
@@ -50,7 +52,7 @@ def build_state(settings: Settings, store: ModelStore | None = None) -> AppState
         store=store,
         keys=KeyChecker(settings.api_keys, RateLimiter(settings.rate_limit_per_minute)),
         executor=ThreadPoolExecutor(
-            max_workers=max(2, settings.workers + 2), thread_name_prefix="cvserve-infer"
+            max_workers=max(2, settings.lanes() + 2), thread_name_prefix="cvserve-infer"
         ),
         loader=ThreadPoolExecutor(max_workers=2, thread_name_prefix="cvserve-load"),
     )

@@ -155,7 +155,7 @@ class Admission:
 def admission(state: AppState) -> Admission:
     gate = state.extras.get("admission")
     if gate is None:
-        gate = Admission(state.settings.max_queue + max(1, state.settings.workers))
+        gate = Admission(state.settings.max_queue + state.settings.lanes())
         state.extras["admission"] = gate
     return gate  # type: ignore[return-value]
 
@@ -178,7 +178,7 @@ def _lane_executor(state: AppState, model_id: str) -> ThreadPoolExecutor:
         ex = executors.setdefault(
             model_id,
             ThreadPoolExecutor(
-                max_workers=max(1, state.settings.workers) + 1,
+                max_workers=state.settings.lanes() + 1,
                 thread_name_prefix=f"cvserve-{model_id.replace('/', '-')[:40]}",
             ),
         )
