@@ -47,7 +47,10 @@ def serve(
         help="Host/IP/CIDR that ?image= may fetch despite the SSRF guard (repeatable).",
     ),  # fmt: skip
     workers: int | None = typer.Option(
-        None, "--workers", envvar="CVSERVE_WORKERS", help="Inference lanes per model."
+        None,
+        "--workers",
+        envvar="CVSERVE_WORKERS",
+        help="Inference lanes per model (0: auto, one per core plus an all-core session).",
     ),
     no_pull: bool = typer.Option(
         False, "--no-pull", help="Don't pull the default models into an empty store."
@@ -216,6 +219,47 @@ def models_pull(
     except CVServeError as e:
         _fail(e)
     console.print(f"pulled {name} -> {model_id}")
+
+
+@models_app.command("quantize")
+def models_quantize(
+    model_id: str = typer.Argument(..., help="DATASET/VERSION to quantize."),
+    models_dir: Path | None = MODELS_DIR_OPT,
+    method: str = typer.Option("static", "--method", help="static (calibrated QDQ) or dynamic."),
+    photos: Path | None = typer.Option(
+        None, "--photos", help="Folder of your images for calibration and the agreement check "
+        "(default: real photos from registry packages)."
+    ),
+    replace: bool = typer.Option(False, "--replace", help="Overwrite an existing -int8 model."),
+) -> None:  # fmt: skip
+    """Write an int8 variant as DATASET/VERSION-int8; report its speed-up and agreement."""
+    from cvserve.models.quantize import (
+        default_photos,
+        photos_from,
+        quantize_model,
+        runtime_for_quantize,
+    )
+    from cvserve.models.store import ModelStore
+
+    settings = _settings(models_dir=models_dir)
+    try:
+        images = photos_from(photos) if photos is not None else default_photos()
+        report = quantize_model(
+            ModelStore(settings.store_dir, runtime_for_quantize()),
+            model_id,
+            images,
+            method=method,
+            replace=replace,
+        )
+    except CVServeError as e:
+        _fail(e)
+    agreement = ", ".join(f"{k} {v:.3f}" for k, v in report.agreement.items())
+    console.print(
+        f"wrote {report.model_id} ({report.method} int8, {report.int8_mb:.1f} MB from "
+        f"{report.float_mb:.1f} MB): x{report.speedup:.2f} per run on one thread "
+        f"({report.float_ms:.1f} -> {report.int8_ms:.1f} ms); agreement with the float model "
+        f"on {report.photos} photos: {agreement or 'n/a'}"
+    )
 
 
 @app.command()
