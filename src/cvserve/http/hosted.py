@@ -26,7 +26,9 @@ def _infer_and_render(
 ) -> tuple[dict | None, bytes | None]:
     """Worker-thread body: decode, predict, and build the JSON and/or annotated JPEG."""
     t0 = time.perf_counter()
-    image, prediction, _ = decode_and_predict(model, data, params, settings)
+    image, prediction, _ = decode_and_predict(
+        model, data, params, settings, pixels=render.format != "json"
+    )
     jpeg = None
     if render.format != "json":
         drawn = annotate(

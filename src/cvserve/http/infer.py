@@ -116,7 +116,7 @@ def _infer_one(
     settings: Settings,
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
-    image, prediction, _ = decode_and_predict(model, data, params, settings)
+    image, prediction, _ = decode_and_predict(model, data, params, settings, pixels=visualize)
     body = prediction_json(
         prediction,
         render,

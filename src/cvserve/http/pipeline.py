@@ -12,9 +12,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextvars import ContextVar, Token
 from typing import Any
 
+import cv2
 import numpy as np
 from starlette.requests import Request
 
+from cvserve import fastpath
 from cvserve.errors import BadRequest, DeadlineExceeded, ModelNotFound, Overloaded, PayloadTooLarge
 from cvserve.http.state import AppState
 from cvserve.images import decode_image
@@ -236,10 +238,26 @@ async def run_in_worker(state: AppState, model_id: str, fn: Callable[..., Any], 
 
 
 def decode_and_predict(
-    model: Model, data: bytes | np.ndarray, params: InferParams, settings: Settings
+    model: Model,
+    data: bytes | np.ndarray,
+    params: InferParams,
+    settings: Settings,
+    *,
+    pixels: bool = True,
 ) -> tuple[np.ndarray, Prediction, float]:
-    """Runs on a worker thread: decode, predict. Returns the pixels, result and elapsed s."""
+    """Runs on a worker thread: decode, predict. Returns the pixels, result and elapsed s.
+
+    With the opt-in fast decode (per request or per model) the returned pixels are the
+    full-size image only when `pixels` is asked for (drawing needs them); JSON does not."""
     t0 = time.perf_counter()
+    if not isinstance(data, np.ndarray) and fastpath.enabled(model, params.fast_preprocess):
+        image, width, height = fastpath.decode(
+            data, model, max_pixels=settings.max_image_pixels, max_side=settings.max_image_side
+        )
+        prediction = fastpath.rescale(model.predict(image, params), width, height)
+        if pixels and image.shape[:2] != (height, width):
+            image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+        return image, prediction, time.perf_counter() - t0
     if isinstance(data, np.ndarray):
         image = data
     else:

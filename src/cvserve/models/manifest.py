@@ -39,6 +39,9 @@ class Preprocess(BaseModel):
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     interpolation: Literal["linear", "area", "nearest", "pil-bilinear"] = "linear"
+    # Opt-in shortcut for every request to this model: JPEGs decode DCT-scaled (1/2..1/8)
+    # when the model's input is that much smaller (see cvserve.fastpath). Off: exact pixels.
+    fast_decode: bool = False
 
 
 class Manifest(BaseModel):
