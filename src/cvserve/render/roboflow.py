@@ -81,10 +81,12 @@ def classification_json(cls: Classification, options: RenderOptions, threshold: 
             "image_path": options.image_name or "",
             "prediction_type": "ClassificationModel",
         }
-    order = np.argsort(-scores, kind="stable")
+    order = np.argsort(-scores, kind="stable").tolist()
+    ranked = scores[order].tolist()  # Python floats: round() on them directly (1000 classes)
+    names = cls.class_names
     preds_list = [
-        {"class": cls.class_names[i], "class_id": int(i), "confidence": _r(scores[i], 4)}
-        for i in order
+        {"class": names[i], "class_id": i, "confidence": round(c, 4)}
+        for i, c in zip(order, ranked, strict=True)
     ]
     top = preds_list[0] if preds_list else {"class": "", "confidence": 0.0}
     return {
