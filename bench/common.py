@@ -52,8 +52,29 @@ def latencies(fn: Callable[[], object], n: int, min_s: float = 0.0) -> list[floa
     return out
 
 
+def cpu_seconds(pid: int | str = "self") -> float:
+    """User + system CPU time of a process (all its threads) so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def parallel_throughput(fns: list[Callable[[], object]], duration_s: float) -> float:
     """Run each fn in its own thread in a loop for duration_s; completed calls per second."""
+    return parallel_run(fns, duration_s)[0]
+
+
+def parallel_run(fns: list[Callable[[], object]], duration_s: float) -> tuple[float, float]:
+    """(calls per second, CPU ms of this process per call): fns each looping on a thread.
+
+    The CPU cost per call hardly depends on what else the machine runs, so it also tells
+    what the throughput would be on an idle machine (cores / CPU per call)."""
+    cpu0 = cpu_seconds()
+    rate, n = _parallel(fns, duration_s)
+    return rate, (cpu_seconds() - cpu0) / max(n, 1) * 1e3
+
+
+def _parallel(fns: list[Callable[[], object]], duration_s: float) -> tuple[float, int]:
     counts = [0] * len(fns)
     start = threading.Barrier(len(fns) + 1)
     stop_at = [0.0]
@@ -73,7 +94,7 @@ def parallel_throughput(fns: list[Callable[[], object]], duration_s: float) -> f
     start.wait()
     for t in threads:
         t.join()
-    return sum(counts) / (time.perf_counter() - t0)
+    return sum(counts) / (time.perf_counter() - t0), sum(counts)
 
 
 def summarize(lat: list[float]) -> dict[str, float]:

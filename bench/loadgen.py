@@ -96,6 +96,7 @@ async def run_load(
     latencies: list[float] = []
     errors: list[str] = []
     counter = [0]
+    cpu0 = time.process_time()
     t0 = time.perf_counter()
     stop_at = t0 + duration_s
     await asyncio.gather(
@@ -112,6 +113,7 @@ async def run_load(
         "errors": errors[:5],
         "error_count": len(errors),
         "latencies_s": latencies,
+        "client_cpu_s": time.process_time() - cpu0,
     }
 
 

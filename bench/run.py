@@ -37,9 +37,10 @@ from common import (  # noqa: E402
     RESULTS_DIR,
     ROOT,
     cores,
+    cpu_seconds,
     latencies,
     median,
-    parallel_throughput,
+    parallel_run,
     percentile,
     summarize,
 )
@@ -89,10 +90,10 @@ class Bare:
         feed = {self.input: tensor}
         self.all.run(None, feed)
         lat = latencies(lambda: self.all.run(None, feed), n, min_s=duration)
-        tp_all = parallel_throughput([lambda: self.all.run(None, feed)], duration)
+        tp_all, cpu_all = parallel_run([lambda: self.all.run(None, feed)], duration)
         for s in self.singles:
             s.run(None, feed)
-        tp_side = parallel_throughput(
+        tp_side, cpu_side = parallel_run(
             [lambda s=s: s.run(None, feed) for s in self.singles], duration
         )
         return {
@@ -100,6 +101,9 @@ class Bare:
             "p99_ms": percentile(lat, 99) * 1e3,
             "tput_one_session_all_cores": tp_all,
             "tput_one_thread_per_core": tp_side,
+            "cpu_ms_one_session_all_cores": cpu_all,
+            "cpu_ms_one_thread_per_core": cpu_side,
+            "cpu_ms": min(cpu_all, cpu_side),
             "tput": max(tp_all, tp_side),
         }
 
@@ -116,8 +120,8 @@ def inproc_measure(model, data: bytes, settings: Settings, n: int, duration: flo
 
     once()
     lat = latencies(once, n, min_s=duration)
-    tput = parallel_throughput([once] * threads, duration)
-    return {**summarize(lat), "tput": tput, "threads": threads}
+    tput, cpu = parallel_run([once] * threads, duration)
+    return {**summarize(lat), "tput": tput, "cpu_ms": cpu, "threads": threads}
 
 
 # -- cvserve over HTTP -----------------------------------------------------------------------
@@ -166,7 +170,9 @@ def server(store_dir: Path, workers: int | None, extra_env: dict[str, str]):
             proc.kill()
 
 
-def http_measure(port: int, path: str, body_file: Path, concurrency: int, duration: float):
+def http_measure(
+    port: int, pid: int, path: str, body_file: Path, concurrency: int, duration: float
+):
     cmd = [
         sys.executable,
         str(ROOT / "bench" / "loadgen.py"),
@@ -183,7 +189,9 @@ def http_measure(port: int, path: str, body_file: Path, concurrency: int, durati
         "--warmup",
         "3",
     ]
+    cpu0 = cpu_seconds(pid)
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration * 4 + 120)
+    server_cpu = cpu_seconds(pid) - cpu0  # includes the warm-up requests: a slight overcount
     if out.returncode != 0:
         return {"error": out.stderr[-1000:]}
     res = json.loads(out.stdout)
@@ -195,6 +203,8 @@ def http_measure(port: int, path: str, body_file: Path, concurrency: int, durati
         "tput": res["ok"] / res["wall_s"],
         "errors": res["error_count"],
         "concurrency": concurrency,
+        "cpu_ms": (server_cpu + res["client_cpu_s"]) / max(1, res["ok"] + 3) * 1e3,
+        "server_cpu_ms": server_cpu / max(1, res["ok"] + 3) * 1e3,
     }
 
 
@@ -478,7 +488,7 @@ def run(args: argparse.Namespace) -> dict:
     bare = {n: Bare(MODELS_DIR / f"{n}.onnx", n_cores) for n in names}
     env = {"CVSERVE_LOG_LEVEL": "warning"}
     conc = args.concurrency
-    with server(store_dir, args.workers, env) as (port, _pid):
+    with server(store_dir, args.workers, env) as (port, pid):
         for r in range(args.rounds):
             for name in names:
                 model = store.get(model_id(name))
@@ -492,7 +502,9 @@ def run(args: argparse.Namespace) -> dict:
                     if not args.no_http:
                         path = f"/{model_id(name)}"
                         rec["http"] = {
-                            str(c): http_measure(port, path, bodies[img_name], c, args.duration)
+                            str(c): http_measure(
+                                port, pid, path, bodies[img_name], c, args.duration
+                            )
                             for c in conc
                         }
                     rounds.setdefault((name, img_name), []).append(rec)
@@ -588,6 +600,11 @@ def _med(recs: list[dict], *keys: str) -> float:
     return median(vals)
 
 
+def _saturating(http: dict) -> dict:
+    """The concurrency level that gave the most images per second."""
+    return max(http.values(), key=lambda v: v.get("tput", 0.0))
+
+
 def _aggregate(rounds: dict[tuple[str, str], list[dict]]) -> dict:
     """Medians over rounds, then ratios (each ratio from numbers of the same run)."""
     out = {}
@@ -598,6 +615,7 @@ def _aggregate(rounds: dict[tuple[str, str], list[dict]]) -> dict:
                 "p50_ms": _med(recs, "http", c, "p50_ms"),
                 "p99_ms": _med(recs, "http", c, "p99_ms"),
                 "tput": _med(recs, "http", c, "tput"),
+                "cpu_ms": _med(recs, "http", c, "cpu_ms"),
             }
             for c in http_levels
         }
@@ -607,6 +625,13 @@ def _aggregate(rounds: dict[tuple[str, str], list[dict]]) -> dict:
                 max(v.get("tput", 0.0) for v in r["http"].values()) / r["bare"]["tput"]
                 for r in recs
                 if r.get("http")
+            ]
+        )
+        cpu_ratio = median(
+            [
+                r["bare"]["cpu_ms"] / _saturating(r["http"])["cpu_ms"]
+                for r in recs
+                if r.get("http") and "cpu_ms" in _saturating(r["http"])
             ]
         )
         p50_gap = median(
@@ -640,6 +665,7 @@ def _aggregate(rounds: dict[tuple[str, str], list[dict]]) -> dict:
                 "tput": _med(recs, "bare", "tput"),
                 "tput_one_session_all_cores": _med(recs, "bare", "tput_one_session_all_cores"),
                 "tput_one_thread_per_core": _med(recs, "bare", "tput_one_thread_per_core"),
+                "cpu_ms": _med(recs, "bare", "cpu_ms"),
             },
             "inproc": {
                 "p50_ms": _med(recs, "inproc", "p50_ms"),
@@ -659,6 +685,7 @@ def _aggregate(rounds: dict[tuple[str, str], list[dict]]) -> dict:
             },
             "ratios": {
                 "http_sat_tput_over_bare": sat_ratio,
+                "cpu_per_image_bare_over_http": cpu_ratio,
                 "http_c1_p50_minus_bare_ms": p50_gap,
                 "inproc_p50_minus_bare_ms": inproc_gap,
                 "http_sat_tput_over_peer_inproc": peer_ratio,
@@ -680,9 +707,9 @@ def table(report: dict) -> str:
     """The README table: one row per model x photo, ratios first."""
     lines = [
         "| model | photo | bare p50 ms | bare img/s | HTTP c1 p50 ms (p99) | HTTP c1 - bare ms | "
-        "HTTP sat img/s | HTTP sat / bare | in-proc p50 ms | peer img/s | HTTP sat / peer | "
-        "Ultralytics p50 ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "HTTP sat img/s | HTTP sat / bare | CPU/img bare / HTTP | in-proc p50 ms | peer img/s | "
+        "HTTP sat / peer | Ultralytics p50 ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, r in report["results"].items():
         name, img = key.split(" ")
@@ -698,7 +725,8 @@ def table(report: dict) -> str:
             f"| {name} | {img} | {r['bare']['p50_ms']:.1f} | {r['bare']['tput']:.1f} | "
             f"{c1.get('p50_ms', float('nan')):.1f} ({c1.get('p99_ms', float('nan')):.1f}) | "
             f"{gap:+.1f} {_mark(gap <= gap_goal)} | {sat:.1f} | "
-            f"{sat_ratio:.3f} {_mark(sat_ratio >= 0.95)} | {r['inproc']['p50_ms']:.1f} | "
+            f"{sat_ratio:.3f} {_mark(sat_ratio >= 0.95)} | "
+            f"{ratios['cpu_per_image_bare_over_http']:.3f} | {r['inproc']['p50_ms']:.1f} | "
             f"{r['peer']['tput']:.1f} | {peer_ratio:.2f} {_mark(peer_ratio >= 1.5)} | "
             f"{r['ultralytics']['p50_ms']:.1f} |"
         )
