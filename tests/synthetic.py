@@ -105,6 +105,13 @@ def letterbox_reference(width: int, height: int, in_w: int, in_h: int) -> tuple[
     return r, left, top
 
 
+def letterbox_gains(width: int, height: int, in_w: int, in_h: int) -> tuple[float, float]:
+    """(gain_x, gain_y) = (new_w / w, new_h / h): how the letterbox resize really scales each
+    axis, and what Ultralytics 8.4's scale_boxes/scale_coords invert with."""
+    r = min(in_h / height, in_w / width)
+    return int(round(width * r)) / width, int(round(height * r)) / height
+
+
 # -- model builders --------------------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ from cvserve.models.base import InferParams
 from tests.conftest import add_model, hosted
 from tests.synthetic import (
     constant_model,
+    letterbox_gains,
     letterbox_reference,
     peer_layout,
     png_bytes,
@@ -59,12 +60,13 @@ def _boxes_of(body):
 @pytest.mark.parametrize(("width", "height"), SIZES)
 def test_letterbox_inversion_is_exact(tmp_path, store, make_client, width, height):
     r, left, top = letterbox_reference(width, height, 640, 640)
+    gx, gy = letterbox_gains(width, height, 640, 640)  # per axis, as Ultralytics 8.4 inverts
     targets = [  # image-pixel boxes: an inner one and the whole image
         (0.2 * width, 0.3 * height, 0.7 * width, 0.9 * height),
         (0.0, 0.0, float(width), float(height)),
     ]
     boxes_in = [
-        _xyxy_to_cxcywh((x1 * r + left, y1 * r + top, x2 * r + left, y2 * r + top))
+        _xyxy_to_cxcywh((x1 * gx + left, y1 * gy + top, x2 * gx + left, y2 * gy + top))
         for x1, y1, x2, y2 in targets
     ]
     scores = [[0.9, 0, 0], [0, 0.8, 0]]

@@ -87,10 +87,11 @@ def test_rectangular_imgsz(tmp_path, store):
 
 def test_ultralytics_segment(tmp_path, store):
     names = ["a", "b"]
-    head = yolo_head([(320, 320, 64, 64)], [[0.9, 0.0]], [[0.0] * 32], candidates=8)
+    # One instance whose mask fills its box (an empty mask drops it, as Ultralytics does).
+    head = yolo_head([(320, 320, 64, 64)], [[0.9, 0.0]], [[1.0] + [0.0] * 31], candidates=8)
     path = constant_model(
         tmp_path / "seg.onnx",
-        [head, seg_protos([np.zeros((160, 160), np.float32)])],
+        [head, seg_protos([np.ones((160, 160), np.float32)])],
         metadata=ultralytics_meta("segment", names),
     )
     info = add_model(store, "seg/1", path)

@@ -6,11 +6,77 @@ allocates 100 full-size planes), which keeps post-processing in the millisecond 
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 
 from cvserve.models.preprocess import Transform
 from cvserve.results import BoxMask
+
+
+def _bilinear_taps(pos: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """PyTorch's bilinear (align_corners=False) taps at source positions: clamp below at 0,
+    the upper neighbour clamped to the last index. Returns (i0, i1, weight of i1)."""
+    pos = np.maximum(pos, 0.0)
+    i0 = np.minimum(np.floor(pos).astype(np.int64), size - 1)
+    i1 = np.minimum(i0 + 1, size - 1)
+    return i0, i1, pos - i0
+
+
+def _axis_weights(
+    out_len: int, proto_len: int, f: int, crop: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Dense 1-D weights (out_len, proto_len) of Ultralytics' native mask path on one axis,
+    with each pixel's first and last+1 nonzero prototype index.
+
+    The proto axis is upsampled f times (F.interpolate, scale_factor=f), cropped to
+    [crop0, crop0 + crop_len) and resized to out_len pixels (F.interpolate, size=out_len);
+    both bilinear, so composing the two 1-D maps gives each output pixel its weights over
+    the prototype cells."""
+    p = np.arange(out_len, dtype=np.float64)
+    crop0, crop_len = crop
+    # Stage 2: output pixel -> position in the cropped, upsampled grid.
+    u0, u1, lu = _bilinear_taps((p + 0.5) * (crop_len / out_len) - 0.5, crop_len)
+    taps: list[tuple[np.ndarray, np.ndarray]] = []
+    for u, wu in ((u0 + crop0, 1.0 - lu), (u1 + crop0, lu)):
+        # Stage 1: upsampled index -> prototype cells.
+        if f == 1:
+            taps.append((np.minimum(u, proto_len - 1), wu))
+            continue
+        j0, j1, lj = _bilinear_taps((u + 0.5) / f - 0.5, proto_len)
+        taps += [(j0, wu * (1.0 - lj)), (j1, wu * lj)]
+    idx = np.stack([t[0] for t in taps], axis=1)
+    wts = np.stack([t[1] for t in taps], axis=1)
+    flat = (np.arange(out_len)[:, None] * proto_len + idx).ravel()
+    dense = np.bincount(flat, weights=wts.ravel(), minlength=out_len * proto_len)
+    return dense.reshape(out_len, proto_len).astype(np.float32), idx.min(1), idx.max(1) + 1
+
+
+def _native_layout(
+    transform: Transform, mh: int, mw: int, in_w: int, in_h: int
+) -> tuple[int, tuple[int, int], tuple[int, int]]:
+    """(f, (x crop0, len), (y crop0, len)) of the upsampled prototype grid that holds the
+    image. For Ultralytics' centred letterbox, exactly process_mask_native + scale_masks'
+    arithmetic; otherwise the transform's content box at prototype resolution."""
+    w, h = transform.width, transform.height
+    gain = min(in_h / h, in_w / w)
+    new_w, new_h = round(w * gain), round(h * gain)
+    left, top = round((in_w - new_w) / 2 - 0.1), round((in_h - new_h) / 2 - 0.1)
+    centred = transform.content == (left, top, left + new_w, top + new_h)
+    if centred and in_w == 4 * mw and in_h == 4 * mh:
+        pad = (4 * mh - max(round(h * gain), 1)) | (4 * mw - max(round(w * gain), 1))
+        f = 4 // math.gcd(4, pad | pad // 2)
+        g = min(mh * f / h, mw * f / w)
+        cw, ch = max(round(w * g), 1), max(round(h * g), 1)
+        x0, y0 = round((mw * f - cw) / 2 - 0.1), round((mh * f - ch) / 2 - 0.1)
+        return f, (x0, cw), (y0, ch)
+    cx0, cy0, cx1, cy1 = transform.content
+    kx, ky = mw / in_w, mh / in_h
+    x0, y0 = int(round(cx0 * kx)), int(round(cy0 * ky))
+    cw = max(int(round(cx1 * kx)) - x0, 1)
+    ch = max(int(round(cy1 * ky)) - y0, 1)
+    return 1, (x0, cw), (y0, ch)
 
 
 def proto_masks(
@@ -20,50 +86,43 @@ def proto_masks(
     transform: Transform,
     input_size: tuple[int, int],
 ) -> list[BoxMask]:
-    """YOLO-style masks: sigmoid(coef @ protos), cropped to each box, upsampled bilinearly.
+    """YOLO-style masks, bit-for-bit the arithmetic of Ultralytics' native-resolution path
+    (`retina_masks=True`: ops.process_mask_native): logits coef @ protos, upsampled to the
+    image bilinearly, thresholded at 0 (sigmoid > 0.5), cropped to the box the way
+    ops.crop_mask does (pixel columns x1 <= c < x2, rows y1 <= r < y2).
 
     coefficients (N, 32); protos (32, mh, mw) over the model input (in_w, in_h);
-    boxes_img (N, 4) xyxy in image pixels. Each mask covers exactly its (integer) box.
+    boxes_img (N, 4) xyxy in image pixels. Only each box's pixels are computed, as two
+    small separable products, so big images with many instances stay cheap.
     """
     n = coefficients.shape[0]
     c, mh, mw = protos.shape
     in_w, in_h = input_size
-    flat = protos.reshape(c, -1)
     out: list[BoxMask] = []
-    # Image pixel (x, y) centre maps to input coords x*s + pad, then to proto coords * (mw/in_w).
-    kx, ky = mw / in_w, mh / in_h
+    if n == 0:
+        return out
+    f, xcrop, ycrop = _native_layout(transform, mh, mw, in_w, in_h)
+    wx, x_lo, x_hi = _axis_weights(transform.width, mw, f, xcrop)
+    wxt = np.ascontiguousarray(wx.T)
+    wy, y_lo, y_hi = _axis_weights(transform.height, mh, f, ycrop)
     for i in range(n):
-        x1, y1, x2, y2 = boxes_img[i]
-        bx0, by0 = int(np.floor(x1)), int(np.floor(y1))
-        bx1, by1 = int(np.ceil(x2)), int(np.ceil(y2))
-        bw, bh = max(bx1 - bx0, 1), max(by1 - by0, 1)
-        # The proto window covering the box (+1 cell margin for bilinear support).
-        px0 = (bx0 * transform.scale_x + transform.pad_x) * kx
-        py0 = (by0 * transform.scale_y + transform.pad_y) * ky
-        px1 = (bx1 * transform.scale_x + transform.pad_x) * kx
-        py1 = (by1 * transform.scale_y + transform.pad_y) * ky
-        wx0, wy0 = max(int(np.floor(px0)) - 1, 0), max(int(np.floor(py0)) - 1, 0)
-        wx1, wy1 = min(int(np.ceil(px1)) + 1, mw), min(int(np.ceil(py1)) + 1, mh)
-        if wx1 <= wx0 or wy1 <= wy0:
-            out.append(BoxMask(bx0, by0, np.zeros((bh, bw), bool)))
+        x1, y1, x2, y2 = (float(v) for v in boxes_img[i])
+        bx0 = min(max(math.ceil(x1), 0), transform.width)
+        by0 = min(max(math.ceil(y1), 0), transform.height)
+        bx1 = min(max(math.ceil(x2), bx0), transform.width)
+        by1 = min(max(math.ceil(y2), by0), transform.height)
+        if bx1 == bx0 or by1 == by0:
+            out.append(BoxMask(bx0, by0, np.zeros((by1 - by0, bx1 - bx0), bool)))
             continue
-        win = protos[:, wy0:wy1, wx0:wx1].reshape(c, -1)
-        logits = (coefficients[i] @ win).reshape(wy1 - wy0, wx1 - wx0)
-        # Sample the window at each box pixel centre (align_corners=False convention). The
-        # map is affine and separable (x' = a x + b, y' = c y + d), so warpAffine computes
-        # it on the fly: same fixed-point bilinear as remap, without two full-size maps.
-        ax, ay = transform.scale_x * kx, transform.scale_y * ky
-        bx = ((bx0 + 0.5) * transform.scale_x + transform.pad_x) * kx - 0.5 - wx0
-        by = ((by0 + 0.5) * transform.scale_y + transform.pad_y) * ky - 0.5 - wy0
-        sampled = cv2.warpAffine(
-            logits.astype(np.float32, copy=False),
-            np.array([[ax, 0.0, bx], [0.0, ay, by]], np.float64),
-            (bw, bh),
-            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-            borderMode=cv2.BORDER_REPLICATE,
-        )
-        out.append(BoxMask(bx0, by0, sampled > 0.0))  # sigmoid(v) > 0.5  <=>  v > 0
-    del flat
+        jx0, jx1 = int(x_lo[bx0]), int(x_hi[bx1 - 1])  # the prototype window of the box
+        jy0, jy1 = int(y_lo[by0]), int(y_hi[by1 - 1])
+        win = protos[:, jy0:jy1, jx0:jx1].reshape(c, -1)
+        logits = (coefficients[i] @ win).reshape(jy1 - jy0, jx1 - jx0)
+        # cv2.gemm rather than numpy's @: OpenBLAS may thread even these small products,
+        # which costs milliseconds each on a busy machine.
+        rows = cv2.gemm(np.ascontiguousarray(wy[by0:by1, jy0:jy1]), logits, 1.0, None, 0.0)
+        sampled = cv2.gemm(rows, np.ascontiguousarray(wxt[jx0:jx1, bx0:bx1]), 1.0, None, 0.0)
+        out.append(BoxMask(bx0, by0, sampled > 0.0))  # sigmoid > 0.5
     return out
 
 

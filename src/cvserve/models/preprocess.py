@@ -91,8 +91,10 @@ def prepare(
             cv2.BORDER_CONSTANT,
             value=(pad, pad, pad),
         )
-        # Ultralytics inverts with the single gain r, not new_w / w.
-        t = Transform(r, r, left, top, w, h, (left, top, left + new_w, top + new_h))
+        # The resize maps w -> new_w and h -> new_h exactly, so each axis inverts with its own
+        # gain (as Ultralytics 8.4's scale_boxes/scale_coords do; the single gain r was
+        # off by up to half a model pixel on the rounded side).
+        t = Transform(new_w / w, new_h / h, left, top, w, h, (left, top, left + new_w, top + new_h))
         return canvas, t
     if spec.resize == "stretch":
         resized = _resize(image, in_w, in_h, spec.interpolation)

@@ -111,6 +111,12 @@ class YoloModel(OnnxModel):
             det.keypoints = kp
             det.keypoint_names = self.keypoint_names
             det.skeleton = self.skeleton
+        if det.masks is not None:
+            # As Ultralytics' segment predictor does: an instance whose mask has no pixel is
+            # dropped (it would have an empty outline and RLE).
+            keep = np.array([m.mask.any() for m in det.masks], bool)
+            if not keep.all():
+                det = det.select(keep)
         return Prediction(det, w, h)
 
     def _empty(self) -> Detections:
