@@ -32,6 +32,7 @@ import hashlib
 import importlib.metadata as md
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -100,7 +101,12 @@ def _tool_env() -> dict[str, str]:
 def tool_python() -> Path | None:
     """The tooling venv's interpreter (built on first use; None if it cannot be)."""
     python = TOOL_VENV / "bin" / "python"
-    pins = [f"{name}=={md.version(name)}" for name in PINNED_FROM_SERVER]
+    pins = []
+    for name in PINNED_FROM_SERVER:
+        try:
+            pins.append(f"{name}=={md.version(name)}")
+        except md.PackageNotFoundError:
+            pins.append(name)
     spec = "\n".join([*TOOL_PACKAGES, *pins, "--no-deps", *NO_DEPS])
     digest = hashlib.sha256(spec.encode()).hexdigest()[:16]
     marker = TOOL_VENV / ".cvserve-spec"
@@ -174,6 +180,9 @@ def reference() -> dict[str, Any]:
         REFERENCE.read_bytes() + json.dumps(EXPORTS).encode() + ULTRALYTICS.encode()
     ).hexdigest()[:12]
     models = WORK / f"models-{digest}"
+    for stale in WORK.glob("models-*"):
+        if stale != models:
+            shutil.rmtree(stale, ignore_errors=True)
     models.mkdir(parents=True, exist_ok=True)
     exports = [
         {**e, "calibrate": [str(assets / n) for n in CALIBRATION]}

@@ -17,9 +17,22 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import time
 
+_connect = socket.socket.connect
+
+
+def _local_only(sock: socket.socket, address: object) -> None:
+    """No model hub, font or telemetry download: refuse any non-loopback connection."""
+    host = address[0] if isinstance(address, tuple) else address
+    if isinstance(host, str) and host not in ("127.0.0.1", "::1", "localhost"):
+        raise OSError(f"ultralytics_reference: network access to {host} is blocked")
+    _connect(sock, address)
+
+
+socket.socket.connect = _local_only  # type: ignore[method-assign]
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_AUTOINSTALL", "false")
 os.environ.setdefault("YOLO_VERBOSE", "false")
