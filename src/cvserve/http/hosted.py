@@ -13,10 +13,9 @@ from cvserve.http.inputs import image_from_request
 from cvserve.http.pipeline import decode_and_predict, get_model, model_info, run_in_worker
 from cvserve.http.responses import json_response
 from cvserve.http.state import AppState
-from cvserve.images import encode_jpeg
 from cvserve.models.base import InferParams, Model
 from cvserve.params import RenderOptions, parse_hosted
-from cvserve.render.annotate import annotate
+from cvserve.render.annotate import annotated_jpeg
 from cvserve.render.roboflow import prediction_json
 from cvserve.settings import Settings
 
@@ -31,15 +30,7 @@ def _infer_and_render(
     )
     jpeg = None
     if render.format != "json":
-        drawn = annotate(
-            image,
-            prediction,
-            stroke=render.stroke,
-            labels=render.labels,
-            confidence=params.confidence,
-            keypoint_confidence=params.keypoint_confidence,
-        )
-        jpeg = encode_jpeg(drawn)
+        jpeg = annotated_jpeg(image, prediction, params, render)
     body = None
     if render.format != "image":
         body = prediction_json(

@@ -24,7 +24,7 @@ from cvserve.http.pipeline import (
 )
 from cvserve.http.responses import json_response
 from cvserve.http.state import AppState
-from cvserve.images import decode_base64, encode_jpeg
+from cvserve.images import decode_base64
 from cvserve.models.base import InferParams, Model, Task
 from cvserve.params import (
     CONFIDENCE_WORDS,
@@ -32,7 +32,7 @@ from cvserve.params import (
     RenderOptions,
     parse_fraction,
 )
-from cvserve.render.annotate import annotate
+from cvserve.render.annotate import annotated_jpeg
 from cvserve.render.roboflow import prediction_json
 from cvserve.settings import Settings
 
@@ -126,11 +126,8 @@ def _infer_one(
     )
     body["visualization"] = None
     if visualize:
-        drawn = annotate(
-            image, prediction, stroke=render.stroke, labels=render.labels,
-            confidence=params.confidence, keypoint_confidence=params.keypoint_confidence,
-        )  # fmt: skip
-        body["visualization"] = base64.b64encode(encode_jpeg(drawn)).decode("ascii")
+        jpeg = annotated_jpeg(image, prediction, params, render)
+        body["visualization"] = base64.b64encode(jpeg).decode("ascii")
     return body
 
 

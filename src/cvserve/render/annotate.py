@@ -5,6 +5,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from cvserve.images import encode_jpeg
+from cvserve.models.base import InferParams
+from cvserve.params import RenderOptions
 from cvserve.results import Classification, Detections, Prediction, SemanticMask
 
 # A fixed, high-contrast palette (RGB) so a class keeps its colour across images.
@@ -107,3 +110,18 @@ def annotate(
     elif isinstance(result, Classification):
         draw_classification(img, result, confidence)
     return img
+
+
+def annotated_jpeg(
+    image: np.ndarray, prediction: Prediction, params: InferParams, render: RenderOptions
+) -> bytes:
+    """The `format=image` / `visualization` JPEG: the prediction drawn with the request's options."""
+    drawn = annotate(
+        image,
+        prediction,
+        stroke=render.stroke,
+        labels=render.labels,
+        confidence=params.confidence,
+        keypoint_confidence=params.keypoint_confidence,
+    )
+    return encode_jpeg(drawn)
