@@ -158,16 +158,16 @@ class YoloModel(OnnxModel):
         cls = rows.T[offset : offset + nc]
         if self.layout == "v5":
             cls = cls * rows.T[4:5]
-        class_id = cls.argmax(0)
-        scores = cls.max(0)
-        keep = scores > params.confidence
+        scores = cls.max(0)  # a vectorised reduction over rows; argmax only for survivors
+        idx = np.flatnonzero(scores > params.confidence)
+        class_id = cls[:, idx].argmax(0)
         class_keep = self._class_keep(class_id, params)
         if class_keep is not None:
-            keep &= class_keep
-        idx = np.flatnonzero(keep)
+            idx, class_id = idx[class_keep], class_id[class_keep]
         if idx.size > MAX_CANDIDATES:
-            idx = idx[np.argsort(-scores[idx], kind="stable")[:MAX_CANDIDATES]]
-        rows, scores, class_id = rows[idx], scores[idx], class_id[idx]
+            order = np.argsort(-scores[idx], kind="stable")[:MAX_CANDIDATES]
+            idx, class_id = idx[order], class_id[order]
+        rows, scores = rows[idx], scores[idx]
         cx, cy, bw, bh = rows[:, 0], rows[:, 1], rows[:, 2] / 2, rows[:, 3] / 2
         xyxy = np.stack([cx - bw, cy - bh, cx + bw, cy + bh], axis=1).astype(np.float32)
         keep_idx = nms(xyxy, scores, class_id, params.iou, max_keep=params.max_detections)
