@@ -18,9 +18,11 @@ def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
-# Up to this many candidates, all pairwise IoUs are computed at once (n^2 float64: 8 MB at
-# 1000) and the greedy pass only reads rows; beyond, IoUs are computed per kept box.
+# After _LOOP_FIRST boxes kept one at a time, if at most _MATRIX_MAX candidates remain, all
+# their pairwise IoUs are computed at once (n^2 float64: 8 MB at 1000) and the greedy pass
+# only reads rows; beyond, IoUs are computed per kept box.
 _MATRIX_MAX = 1000
+_LOOP_FIRST = 8
 
 
 def pairwise_iou(boxes: np.ndarray) -> np.ndarray:
@@ -36,21 +38,17 @@ def pairwise_iou(boxes: np.ndarray) -> np.ndarray:
 
 
 def _greedy(boxes: np.ndarray, order: np.ndarray, iou: float, max_keep: int) -> np.ndarray:
-    """Greedy NMS over `order` (indices into boxes, best first): the indices kept."""
-    if order.size <= _MATRIX_MAX:
-        over = pairwise_iou(boxes[order]) > iou
-        suppressed = np.zeros(order.size, bool)
-        kept: list[int] = []
-        for i in range(order.size):
-            if suppressed[i]:
-                continue
-            kept.append(i)
-            if len(kept) >= max_keep:
-                break
-            suppressed |= over[i]
-        return order[np.asarray(kept, np.int64)].astype(np.int64)
+    """Greedy NMS over `order` (indices into boxes, best first): the indices kept.
+
+    The first boxes are taken one at a time (each removes its cluster, so a crowd of
+    candidates around a few objects shrinks fast); if many remain after that, the rest is
+    done from one pairwise IoU matrix. Both compute the same IoUs, so the same decisions."""
     keep: list[int] = []
     while order.size and len(keep) < max_keep:
+        if len(keep) >= _LOOP_FIRST and order.size <= _MATRIX_MAX:
+            return np.concatenate(
+                [np.asarray(keep, np.int64), _matrix(boxes, order, iou, max_keep - len(keep))]
+            )
         i = int(order[0])
         keep.append(i)
         if order.size == 1:
@@ -58,6 +56,20 @@ def _greedy(boxes: np.ndarray, order: np.ndarray, iou: float, max_keep: int) -> 
         rest = order[1:]
         order = rest[box_iou(boxes[i], boxes[rest]) <= iou]
     return np.asarray(keep, np.int64)
+
+
+def _matrix(boxes: np.ndarray, order: np.ndarray, iou: float, max_keep: int) -> np.ndarray:
+    over = pairwise_iou(boxes[order]) > iou
+    suppressed = np.zeros(order.size, bool)
+    kept: list[int] = []
+    for i in range(order.size):
+        if suppressed[i]:
+            continue
+        kept.append(i)
+        if len(kept) >= max_keep:
+            break
+        suppressed |= over[i]
+    return order[np.asarray(kept, np.int64)].astype(np.int64)
 
 
 def nms(
