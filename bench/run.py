@@ -72,10 +72,12 @@ def model_id(name: str) -> str:
 # -- bare ONNX Runtime ----------------------------------------------------------------------
 
 
-def bare_session(path: Path, threads: int) -> ort.InferenceSession:
-    """ORT as a user would create it: defaults, except the thread count."""
+def bare_session(path: Path, threads: int, spin: bool = True) -> ort.InferenceSession:
+    """ORT as a user would create it: defaults, except the thread count (and spinning)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
@@ -83,14 +85,22 @@ def bare_session(path: Path, threads: int) -> ort.InferenceSession:
 class Bare:
     def __init__(self, path: Path, n_cores: int) -> None:
         self.all = bare_session(path, n_cores)
+        # The same without spin-waiting threads: on a busy machine spinning can lose badly,
+        # so the bare number is the better of the two.
+        self.all_nospin = bare_session(path, n_cores, spin=False)
         self.singles = [bare_session(path, 1) for _ in range(n_cores)]
         self.input = self.all.get_inputs()[0].name
 
     def measure(self, tensor: np.ndarray, n: int, duration: float) -> dict[str, float]:
         feed = {self.input: tensor}
-        self.all.run(None, feed)
-        lat = latencies(lambda: self.all.run(None, feed), n, min_s=duration)
-        tp_all, cpu_all = parallel_run([lambda: self.all.run(None, feed)], duration)
+        best = None
+        for sess in (self.all, self.all_nospin):
+            sess.run(None, feed)
+            lat_s = latencies(lambda sess=sess: sess.run(None, feed), n, min_s=duration / 2)
+            if best is None or percentile(lat_s, 50) < percentile(best[1], 50):
+                best = (sess, lat_s)
+        fastest, lat = best
+        tp_all, cpu_all = parallel_run([lambda: fastest.run(None, feed)], duration)
         for s in self.singles:
             s.run(None, feed)
         tp_side, cpu_side = parallel_run(
@@ -256,7 +266,14 @@ def seg_postprocess(store: ModelStore, image: np.ndarray, n_inst: int, repeats: 
         h = (y1 - y0) / rows * rng.uniform(0.7, 0.95)
         head[0, :4, i] = (cx, cy, w, h)
         head[0, 4 + (i % nc), i] = rng.uniform(0.5, 0.99)
-        head[0, 4 + nc :, i] = rng.normal(0, 1, nm)
+        # Coefficients that make the mask positive over the box (least squares on the
+        # prototype window), so every instance has pixels, as real instances do.
+        pw = protos[0][
+            :,
+            max(0, int((cy - h / 2) / 4)) : int((cy + h / 2) / 4) + 1,
+            max(0, int((cx - w / 2) / 4)) : int((cx + w / 2) / 4) + 1,
+        ].reshape(nm, -1)
+        head[0, 4 + nc :, i] = np.linalg.lstsq(pw.T, np.full(pw.shape[1], 4.0), rcond=None)[0]
     outputs = [head, protos]
     model_run, model_pre = model.run, model.preprocess
     model.run = lambda t: outputs
