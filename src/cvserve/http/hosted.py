@@ -48,7 +48,6 @@ def _infer_and_render(
 def build_router(state: AppState) -> APIRouter:
     router = APIRouter(tags=["hosted"])
 
-    @router.api_route("/{dataset}/{version}", methods=["GET", "POST"])
     async def hosted_inference(dataset: str, version: str, request: Request) -> Response:
         state.keys.check(request)
         model_id = f"{dataset}/{version}"
@@ -63,4 +62,12 @@ def build_router(state: AppState) -> APIRouter:
             return Response(jpeg, media_type="image/jpeg")
         return json_response(body)
 
+    # One handler, two operations: GET takes ?image=URL, POST a body (distinct OpenAPI ids).
+    for method in ("POST", "GET"):
+        router.add_api_route(
+            "/{dataset}/{version}",
+            hosted_inference,
+            methods=[method],
+            operation_id=f"hosted_inference_{method.lower()}",
+        )
     return router
