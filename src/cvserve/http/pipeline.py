@@ -21,7 +21,7 @@ from cvserve.errors import BadRequest, DeadlineExceeded, ModelNotFound, Overload
 from cvserve.http.state import AppState
 from cvserve.images import decode_image
 from cvserve.models.base import InferParams, Model, ModelInfo
-from cvserve.models.runtime import new_run_options, run_options
+from cvserve.models.runtime import alone_hint, new_run_options, run_options
 from cvserve.models.store import info_from_manifest, parse_model_id
 from cvserve.results import Prediction
 from cvserve.settings import Settings
@@ -201,7 +201,11 @@ async def run_in_worker(state: AppState, model_id: str, fn: Callable[..., Any], 
         timing["queued"] = begun - admitted
         gate.started(model_id)
         try:
-            with run_options(options):
+
+            def alone() -> bool:  # the only request for this model in flight
+                return gate.in_flight.get(model_id, 0) <= 1
+
+            with run_options(options), alone_hint(alone):
                 return fn(*args)
         finally:
             timing["run"] = time.perf_counter() - begun

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +106,21 @@ def run_options(options: ort.RunOptions | None) -> Iterator[None]:
         _run_context.options = previous
 
 
+@contextmanager
+def alone_hint(alone: Callable[[], bool] | None) -> Iterator[None]:
+    """Runs on this thread ask `alone()` whether their request is the only one in flight
+    for the model (the HTTP layer knows; queued and decoding requests count). Only then
+    may a run take the all-core session: otherwise single-threaded lanes give more images
+    per second, and the all-core session's spinning threads would take the cores the
+    other requests' decoding needs."""
+    previous = getattr(_run_context, "alone", None)
+    _run_context.alone = alone
+    try:
+        yield
+    finally:
+        _run_context.alone = previous
+
+
 def new_run_options() -> ort.RunOptions:
     options = ort.RunOptions()
     options.log_severity_level = 4  # a run stopped on purpose is not an error to log
@@ -160,6 +175,9 @@ class SessionPool:
             idle = self._running == 0
             self._running += 1
         try:
+            if idle and self._wide is not None:
+                hint = getattr(_run_context, "alone", None)
+                idle = hint() if hint is not None else True
             if idle and self._wide is not None and self._wide_free.acquire(blocking=False):
                 try:
                     return self._wide.run(None, feeds, run_options=current_run_options())
