@@ -236,3 +236,44 @@ def test_rich_progress_runs_headless() -> None:
     cb("salient", "download")
     cb("salient", "failed", "boom\nsecond line")
     assert "faces" in out.getvalue()
+
+
+# -- the SDK and `cvserve predict` on real photos through real models ------------------------
+def test_sdk_and_predict_cli_on_real_photos(
+    store: ModelStore, packages: PackageCache, tmp_path: Path
+) -> None:
+    """cvserve.Client against a live server, and `cvserve predict` in-process, with the real
+    RetinaFace and U2-Net-p on real photos: same faces, a saved annotated image."""
+    import json
+
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    import cvserve
+    from cvserve.cli import app
+    from cvserve.zoo.photos import photo_bytes
+    from tests.live_server import LiveServer
+
+    group = tmp_path / "photos" / "group.jpg"
+    group.parent.mkdir()
+    group.write_bytes(photo_bytes(packages, "faces"))
+    with LiveServer(store.root) as server:
+        client = cvserve.Client(server.url)
+        # 90: the five people, not the small poster face behind them (see the test above).
+        faces = client.model("faces/1").predict(str(group), confidence=90)
+        found = faces.json()["predictions"]
+        assert len(found) == 5 and all(len(p["keypoints"]) == 5 for p in found)
+        faces.save(tmp_path / "faces.jpg")
+        with Image.open(tmp_path / "faces.jpg") as drawn, Image.open(group) as original:
+            assert drawn.size == original.size
+        cat = client.model("salient/1").predict(photo(packages, "chelsea"), channels="rgb")
+        assert cat.json()["class_map"] == {"0": "background", "1": "foreground"}
+    result = CliRunner().invoke(
+        app,
+        ["predict", str(group.parent), "--model", "faces/1", "--out", str(tmp_path / "out"),
+         "--models-dir", str(store.root), "--format", "jsonl", "--confidence", "90"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()
+    assert len(lines) == 1
+    assert len(json.loads(lines[0])["predictions"]) == 5
