@@ -24,11 +24,11 @@ def _bilinear_taps(pos: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, 
     return i0, i1, pos - i0
 
 
-def _axis_weights(
+def _axis_taps(
     out_len: int, proto_len: int, f: int, crop: tuple[int, int]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Dense 1-D weights (out_len, proto_len) of Ultralytics' native mask path on one axis,
-    with each pixel's first and last+1 nonzero prototype index.
+) -> tuple[np.ndarray, np.ndarray]:
+    """1-D taps of Ultralytics' native mask path on one axis: for each output pixel, the
+    (out_len, T) prototype indices and weights (T = 2 or 4; repeated indices add up).
 
     The proto axis is upsampled f times (F.interpolate, scale_factor=f), cropped to
     [crop0, crop0 + crop_len) and resized to out_len pixels (F.interpolate, size=out_len);
@@ -47,10 +47,8 @@ def _axis_weights(
         j0, j1, lj = _bilinear_taps((u + 0.5) / f - 0.5, proto_len)
         taps += [(j0, wu * (1.0 - lj)), (j1, wu * lj)]
     idx = np.stack([t[0] for t in taps], axis=1)
-    wts = np.stack([t[1] for t in taps], axis=1)
-    flat = (np.arange(out_len)[:, None] * proto_len + idx).ravel()
-    dense = np.bincount(flat, weights=wts.ravel(), minlength=out_len * proto_len)
-    return dense.reshape(out_len, proto_len).astype(np.float32), idx.min(1), idx.max(1) + 1
+    wts = np.stack([t[1] for t in taps], axis=1).astype(np.float32)
+    return idx, wts
 
 
 def _native_layout(
@@ -102,9 +100,10 @@ def proto_masks(
     if n == 0:
         return out
     f, xcrop, ycrop = _native_layout(transform, mh, mw, in_w, in_h)
-    wx, x_lo, x_hi = _axis_weights(transform.width, mw, f, xcrop)
-    wxt = np.ascontiguousarray(wx.T)
-    wy, y_lo, y_hi = _axis_weights(transform.height, mh, f, ycrop)
+    ix, wx = _axis_taps(transform.width, mw, f, xcrop)
+    iy, wy = _axis_taps(transform.height, mh, f, ycrop)
+    x_lo, x_hi = ix.min(1), ix.max(1) + 1
+    y_lo, y_hi = iy.min(1), iy.max(1) + 1
     for i in range(n):
         x1, y1, x2, y2 = (float(v) for v in boxes_img[i])
         bx0 = min(max(math.ceil(x1), 0), transform.width)
@@ -118,10 +117,16 @@ def proto_masks(
         jy0, jy1 = int(y_lo[by0]), int(y_hi[by1 - 1])
         win = protos[:, jy0:jy1, jx0:jx1].reshape(c, -1)
         logits = (coefficients[i] @ win).reshape(jy1 - jy0, jx1 - jx0)
-        # cv2.gemm rather than numpy's @: OpenBLAS may thread even these small products,
-        # which costs milliseconds each on a busy machine.
-        rows = cv2.gemm(np.ascontiguousarray(wy[by0:by1, jy0:jy1]), logits, 1.0, None, 0.0)
-        sampled = cv2.gemm(rows, np.ascontiguousarray(wxt[jx0:jx1, bx0:bx1]), 1.0, None, 0.0)
+        # Each pixel mixes only 2-4 prototype cells per axis: apply those taps (rows, then
+        # columns) instead of dense weight products that are almost all zeros.
+        ty, tw = iy[by0:by1] - jy0, wy[by0:by1]
+        rows = logits[ty[:, 0]] * tw[:, :1]
+        for t in range(1, ty.shape[1]):
+            rows += logits[ty[:, t]] * tw[:, t : t + 1]
+        tx, txw = ix[bx0:bx1] - jx0, wx[bx0:bx1]
+        sampled = rows[:, tx[:, 0]] * txw[:, 0]
+        for t in range(1, tx.shape[1]):
+            sampled += rows[:, tx[:, t]] * txw[:, t]
         out.append(BoxMask(bx0, by0, sampled > 0.0))  # sigmoid > 0.5
     return out
 
