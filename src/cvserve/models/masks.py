@@ -7,6 +7,7 @@ allocates 100 full-size planes), which keeps post-processing in the millisecond 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -77,6 +78,42 @@ def _native_layout(
     return 1, (x0, cw), (y0, ch)
 
 
+# A cell is "surely inside" only if every logit it mixes is above this: the products with
+# nonnegative weights then stay normal floats, so their sum is > 0 (no underflow to 0).
+_SURELY_POSITIVE = 1e-30
+
+
+@dataclass(frozen=True)
+class _AxisRuns:
+    """One axis of the mask sampling: per-pixel taps, grouped into runs of consecutive
+    pixels that mix the same prototype cells (only their weights differ)."""
+
+    idx: np.ndarray  # (P, T) prototype index of each tap
+    wts: np.ndarray  # (P, T) float32 weights, >= 0, summing to 1
+    lo: np.ndarray  # (P,) first prototype index a pixel touches
+    hi: np.ndarray  # (P,) one past its last
+    start: np.ndarray  # (R + 1,) first pixel of each run, then P
+    run_of: np.ndarray  # (P,) the run of each pixel
+
+    @classmethod
+    def build(cls, idx: np.ndarray, wts: np.ndarray) -> _AxisRuns:
+        change = np.flatnonzero(np.any(idx[1:] != idx[:-1], axis=1)) + 1
+        start = np.concatenate(([0], change, [idx.shape[0]]))
+        run_of = np.repeat(np.arange(start.size - 1), np.diff(start))
+        return cls(idx, wts, idx.min(1), idx.max(1) + 1, start, run_of)
+
+    def window(self, b0: int, b1: int) -> tuple[int, int]:
+        """The prototype index range that pixels [b0, b1) touch."""
+        return int(self.lo[b0]), int(self.hi[b1 - 1])
+
+    def box_runs(self, b0: int, b1: int, j0: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The runs over pixels [b0, b1), clipped to them: box-relative starts, lengths,
+        and tap indices relative to the prototype window that starts at j0."""
+        r0, r1 = int(self.run_of[b0]), int(self.run_of[b1 - 1]) + 1
+        edges = np.clip(self.start[r0 : r1 + 1], b0, b1) - b0
+        return edges[:-1], np.diff(edges), self.idx[edges[:-1] + b0] - j0
+
+
 def proto_masks(
     coefficients: np.ndarray,
     protos: np.ndarray,
@@ -90,8 +127,13 @@ def proto_masks(
     ops.crop_mask does (pixel columns x1 <= c < x2, rows y1 <= r < y2).
 
     coefficients (N, 32); protos (32, mh, mw) over the model input (in_w, in_h);
-    boxes_img (N, 4) xyxy in image pixels. Only each box's pixels are computed, as two
-    small separable products, so big images with many instances stay cheap.
+    boxes_img (N, 4) xyxy in image pixels.
+
+    Only each box's pixels are decided, and most without arithmetic: bilinear weights are
+    nonnegative, so a block of pixels that mixes only positive logits is inside and one
+    that mixes only logits <= 0 is outside. Just the blocks on the mask's edge are sampled,
+    with the same float32 operations in the same order as sampling every pixel
+    (`_sample_every_pixel`), so the result is identical.
     """
     n = coefficients.shape[0]
     c, mh, mw = protos.shape
@@ -100,25 +142,101 @@ def proto_masks(
     if n == 0:
         return out
     f, xcrop, ycrop = _native_layout(transform, mh, mw, in_w, in_h)
-    ix, wx = _axis_taps(transform.width, mw, f, xcrop)
-    iy, wy = _axis_taps(transform.height, mh, f, ycrop)
-    x_lo, x_hi = ix.min(1), ix.max(1) + 1
-    y_lo, y_hi = iy.min(1), iy.max(1) + 1
+    xs = _AxisRuns.build(*_axis_taps(transform.width, mw, f, xcrop))
+    ys = _AxisRuns.build(*_axis_taps(transform.height, mh, f, ycrop))
     for i in range(n):
-        x1, y1, x2, y2 = (float(v) for v in boxes_img[i])
-        bx0 = min(max(math.ceil(x1), 0), transform.width)
-        by0 = min(max(math.ceil(y1), 0), transform.height)
-        bx1 = min(max(math.ceil(x2), bx0), transform.width)
-        by1 = min(max(math.ceil(y2), by0), transform.height)
+        bx0, by0, bx1, by1 = _pixel_box(boxes_img[i], transform.width, transform.height)
         if bx1 == bx0 or by1 == by0:
             out.append(BoxMask(bx0, by0, np.zeros((by1 - by0, bx1 - bx0), bool)))
             continue
-        jx0, jx1 = int(x_lo[bx0]), int(x_hi[bx1 - 1])  # the prototype window of the box
-        jy0, jy1 = int(y_lo[by0]), int(y_hi[by1 - 1])
+        jx0, jx1 = xs.window(bx0, bx1)
+        jy0, jy1 = ys.window(by0, by1)
         win = protos[:, jy0:jy1, jx0:jx1].reshape(c, -1)
         logits = (coefficients[i] @ win).reshape(jy1 - jy0, jx1 - jx0)
-        # Each pixel mixes only 2-4 prototype cells per axis: apply those taps (rows, then
-        # columns) instead of dense weight products that are almost all zeros.
+        out.append(BoxMask(bx0, by0, _box_mask(logits, xs, ys, (bx0, by0, bx1, by1), (jx0, jy0))))
+    return out
+
+
+def _pixel_box(box: np.ndarray, width: int, height: int) -> tuple[int, int, int, int]:
+    """ops.crop_mask's pixel range of an xyxy box: x1 <= c < x2, y1 <= r < y2, in image."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    bx0 = min(max(math.ceil(x1), 0), width)
+    by0 = min(max(math.ceil(y1), 0), height)
+    return bx0, by0, min(max(math.ceil(x2), bx0), width), min(max(math.ceil(y2), by0), height)
+
+
+def _box_mask(
+    logits: np.ndarray,
+    xs: _AxisRuns,
+    ys: _AxisRuns,
+    box: tuple[int, int, int, int],
+    origin: tuple[int, int],
+) -> np.ndarray:
+    bx0, by0, bx1, by1 = box
+    jx0, jy0 = origin
+    x_start, x_len, x_idx = xs.box_runs(bx0, bx1, jx0)
+    y_start, y_len, y_idx = ys.box_runs(by0, by1, jy0)
+    # Each (row run, column run) cell mixes the logits at y_idx x x_idx.
+    g = logits[y_idx.T]  # (Ty, Ry, window width)
+    cell_min = g.min(0)[:, x_idx.T].min(1)  # (Ry, Rx)
+    cell_max = g.max(0)[:, x_idx.T].max(1)
+    inside = cell_min > _SURELY_POSITIVE
+    unsure = ~inside & (cell_max > 0.0)
+    x_run = xs.run_of[bx0:bx1] - xs.run_of[bx0]
+    y_run = ys.run_of[by0:by1] - ys.run_of[by0]
+    mask = np.take(np.take(inside, x_run, axis=1), y_run, axis=0)
+    if unsure.any():
+        a, b = np.nonzero(unsure)
+        ty, wy = ys.idx[by0:by1] - jy0, ys.wts[by0:by1]
+        wx = xs.wts[bx0:bx1]
+        rr, r_ok = _cell_pixels(y_start[a], y_len[a], by1 - by0)  # (K, Ly)
+        cc, c_ok = _cell_pixels(x_start[b], x_len[b], bx1 - bx0)  # (K, Lx)
+        # rows[r, j] = sum over y taps of logits * weight, exactly as a full row pass does,
+        # but only at the cells' rows and their run's prototype columns.
+        cols = x_idx[b][:, None, :]  # (K, 1, Tx)
+        rows = logits[ty[rr, 0][..., None], cols] * wy[rr, 0][..., None]
+        for t in range(1, ty.shape[1]):
+            rows += logits[ty[rr, t][..., None], cols] * wy[rr, t][..., None]
+        # (K, Ly, Tx) -> (K, Ly, Lx): the column taps, in the same order.
+        vals = rows[:, :, None, 0] * wx[cc, 0][:, None, :]
+        for t in range(1, wx.shape[1]):
+            vals += rows[:, :, None, t] * wx[cc, t][:, None, :]
+        ok = r_ok[:, :, None] & c_ok[:, None, :]
+        flat = rr[:, :, None] * (bx1 - bx0) + cc[:, None, :]
+        mask.reshape(-1)[flat[ok]] = vals[ok] > 0.0  # sigmoid > 0.5
+    return mask
+
+
+def _cell_pixels(start: np.ndarray, length: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel offsets of each cell along one axis, padded to the longest: (K, L) and valid."""
+    steps = np.arange(int(length.max()))
+    ok = steps < length[:, None]
+    return np.minimum(start[:, None] + steps, size - 1), ok
+
+
+def _sample_every_pixel(
+    coefficients: np.ndarray,
+    protos: np.ndarray,
+    boxes_img: np.ndarray,
+    transform: Transform,
+    input_size: tuple[int, int],
+) -> list[BoxMask]:
+    """The reference for proto_masks: every box pixel sampled with its 2-4 taps per axis
+    (rows, then columns). Kept for the equivalence test."""
+    c, mh, mw = protos.shape
+    f, xcrop, ycrop = _native_layout(transform, mh, mw, *input_size)
+    ix, wx = _axis_taps(transform.width, mw, f, xcrop)
+    iy, wy = _axis_taps(transform.height, mh, f, ycrop)
+    out = []
+    for i in range(coefficients.shape[0]):
+        bx0, by0, bx1, by1 = _pixel_box(boxes_img[i], transform.width, transform.height)
+        if bx1 == bx0 or by1 == by0:
+            out.append(BoxMask(bx0, by0, np.zeros((by1 - by0, bx1 - bx0), bool)))
+            continue
+        jx0, jx1 = int(ix[bx0:bx1].min()), int(ix[bx0:bx1].max()) + 1
+        jy0, jy1 = int(iy[by0:by1].min()), int(iy[by0:by1].max()) + 1
+        win = protos[:, jy0:jy1, jx0:jx1].reshape(c, -1)
+        logits = (coefficients[i] @ win).reshape(jy1 - jy0, jx1 - jx0)
         ty, tw = iy[by0:by1] - jy0, wy[by0:by1]
         rows = logits[ty[:, 0]] * tw[:, :1]
         for t in range(1, ty.shape[1]):
@@ -127,7 +245,7 @@ def proto_masks(
         sampled = rows[:, tx[:, 0]] * txw[:, 0]
         for t in range(1, tx.shape[1]):
             sampled += rows[:, tx[:, t]] * txw[:, t]
-        out.append(BoxMask(bx0, by0, sampled > 0.0))  # sigmoid > 0.5
+        out.append(BoxMask(bx0, by0, sampled > 0.0))
     return out
 
 
