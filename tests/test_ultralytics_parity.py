@@ -422,3 +422,24 @@ def test_classification_parity(reference, served):
     print(f"\nyolov8n-cls: {json.dumps(report)}")
     assert answer["top"] == top5_ref[0]
     assert report["prob_diff_max"] <= 0.02
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_input_tensor_is_bit_exact(case, reference, tmp_path):
+    """The pixels and values the model sees are exactly Ultralytics' own: its LetterBox (or
+    classify transforms) and its `/ 255`, compared bit for bit on the real photos."""
+    from cvserve.images import decode_image
+    from cvserve.models.importers import import_model
+    from cvserve.models.store import ModelStore
+
+    model_name, image, *_ = CASES[case]
+    want = np.load(reference["ref"]["predict"][case]["input"])
+    store = ModelStore(tmp_path / "models")
+    import_model(reference["paths"][model_name], f"{model_name}/1", store)
+    model = store.get(f"{model_name}/1")
+    tensor, _ = model.preprocess(decode_image((reference["assets"] / image).read_bytes()))
+    assert tensor.dtype == np.float32 and tensor.shape == want.shape
+    differ = int(np.count_nonzero(tensor != want))
+    REPORT.setdefault("input_tensor_differing_values", {})[case] = differ
+    _save_report(reference)
+    assert differ == 0

@@ -128,6 +128,12 @@ def predict(spec: dict, out: str) -> dict:
     elapsed = time.perf_counter() - t0
     body: dict = {"names": {int(k): v for k, v in res.names.items()}, "seconds": elapsed}
     body["orig_shape"] = list(res.orig_shape)
+    # The exact input tensor Ultralytics' predictor feeds the model for this image.
+    import cv2
+
+    tensor = model.predictor.preprocess([cv2.imread(spec["image"], cv2.IMREAD_COLOR)])
+    body["input"] = os.path.join(out, spec["name"] + "-input.npy")
+    np.save(body["input"], tensor.float().numpy())
     if res.probs is not None:
         body["probs"] = res.probs.data.float().tolist()
         return body

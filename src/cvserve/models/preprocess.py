@@ -7,6 +7,7 @@ INTER_LINEAR) so the pixels the model sees match its reference preprocessing.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -131,26 +132,48 @@ def _center_crop_first(
     return crop, Transform(sx, sy, -x0 * sx, -y0 * sy, w, h, (0, 0, in_w, in_h))
 
 
+def channel_values(spec: Preprocess) -> np.ndarray:
+    """(3, 256) float32: the value each uint8 level becomes, per channel in `color` order,
+    by the reference arithmetic in float32. A scale of 1/255 is a division by 255, as
+    Ultralytics (`im /= 255`) and torchvision (`ToTensor`) do it: multiplying by
+    float32(1/255) instead differs in the last bit for 126 of the 256 levels."""
+    return _channel_values(spec.scale, spec.mean, spec.std)
+
+
+@lru_cache(maxsize=64)
+def _channel_values(
+    scale: float, mean: tuple[float, float, float], std: tuple[float, float, float]
+) -> np.ndarray:
+    levels = np.arange(256, dtype=np.float32)
+    out = np.empty((3, 256), np.float32)
+    for c in range(3):
+        if scale == 1.0 / 255.0:
+            v = levels / np.float32(255.0)
+        elif scale != 1.0:
+            v = levels * np.float32(scale)
+        else:
+            v = levels.copy()
+        if mean[c]:
+            v -= np.float32(mean[c])
+        if std[c] != 1.0:
+            v /= np.float32(std[c])
+        out[c] = v
+    out.flags.writeable = False
+    return out
+
+
 def _planar_float32(pixels: np.ndarray, spec: Preprocess) -> np.ndarray:
-    """HWC uint8 -> [1, C, H, W] float32 in one pass per channel, written straight into the
-    result. Per element it does the same float32 operations as the general path below
-    (float32(p) * float32(scale), - float32(mean), / float32(std)), so the values are equal."""
+    """HWC uint8 -> [1, C, H, W] float32, each plane mapped through its channel's 256-entry
+    table straight into the result: every value is exactly the reference arithmetic's,
+    at the cost of one table lookup per element."""
     h, w, channels = pixels.shape
     out = np.empty((1, channels, h, w), np.float32)
-    planes = cv2.split(pixels)  # contiguous planes: the multiply below then streams
+    planes = cv2.split(pixels)
     if spec.color == "bgr":
         planes = planes[::-1]
-    scale = np.float32(spec.scale)
+    table = channel_values(spec)
     for c, plane in enumerate(planes):
-        o = out[0, c]
-        if spec.scale != 1.0:
-            np.multiply(plane, scale, out=o, dtype=np.float32)
-        else:
-            o[...] = plane
-        if spec.mean[c]:
-            o -= np.float32(spec.mean[c])
-        if spec.std[c] != 1.0:
-            o /= np.float32(spec.std[c])
+        cv2.LUT(plane, table[c : c + 1], dst=out[0, c])
     return out
 
 
@@ -175,9 +198,16 @@ def to_tensor(pixels: np.ndarray, spec: Preprocess, dtype: type | None = None) -
     )
     if target in (np.uint8, np.int32):
         arr = pixels.astype(target, copy=False)
+    elif pixels.dtype == np.uint8 and pixels.ndim == 3 and pixels.shape[2] == 3:
+        # channel_values is in model colour order, and pixels were flipped to it above.
+        arr = np.stack([channel_values(spec)[c][pixels[..., c]] for c in range(3)], axis=-1)
+        if target is not np.float32:
+            arr = arr.astype(target)
     else:
         arr = pixels.astype(np.float32)
-        if spec.scale != 1.0:
+        if spec.scale == 1.0 / 255.0:
+            arr /= np.float32(255.0)
+        elif spec.scale != 1.0:
             arr *= np.float32(spec.scale)
         if any(spec.mean):
             arr -= np.asarray(spec.mean, np.float32)
