@@ -7,13 +7,13 @@ falling back to Pillow for formats OpenCV lacks.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import io
 import re
 
 import cv2
 import numpy as np
+import pybase64
 import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
@@ -49,6 +49,14 @@ def sniff(data: bytes) -> str | None:
 def decode_base64(text: bytes | str) -> bytes:
     """Base64 (standard or url-safe, any line wrapping, optional data: URI prefix) -> bytes."""
     raw = text.encode("latin-1", "replace") if isinstance(text, str) else text
+    if raw and len(raw) % 4 == 0:
+        # What nearly every client sends: one clean, padded base64 string. SIMD decode
+        # (50x the standard library's) without copying it first. Anything else (a data:
+        # URI, line wrapping, url-safe, unpadded, percent-encoded) fails validation here.
+        try:
+            return pybase64.b64decode(raw, validate=True)
+        except (binascii.Error, ValueError):
+            pass  # the careful path below
     m = _DATA_URI.match(raw)
     if m:
         raw = raw[m.end() :]
@@ -67,7 +75,7 @@ def decode_base64(text: bytes | str) -> bytes:
     if pad == 3:
         raise BadRequest("request body is not valid base64 (bad length)")
     try:
-        return base64.b64decode(raw + b"=" * pad, validate=True)
+        return pybase64.b64decode(raw + b"=" * pad, validate=True)
     except (binascii.Error, ValueError) as e:
         raise BadRequest("request body is neither an image nor valid base64 image data") from e
 
