@@ -18,6 +18,24 @@ def _r(v: float, nd: int = 2) -> float:
     return round(float(v), nd)
 
 
+def round4(values: np.ndarray) -> list[float]:
+    """[round(v, 4) for v in values], the same floats, without a Python call per value.
+
+    A double is a dyadic rational, so v * 10**4 is never exactly halfway between integers:
+    the correctly rounded result is the nearest integer k, and k / 1e4 (one correctly
+    rounded division) is the double round() returns. Only where float64 rounding of
+    v * 1e4 could land on the wrong side of a half is round() itself asked."""
+    v = np.asarray(values, np.float64)
+    scaled = v * 1e4
+    out = np.rint(scaled) / 1e4
+    with np.errstate(invalid="ignore"):  # inf - inf: NaN, not near a half; rint kept it
+        near_half = np.abs(scaled - np.floor(scaled) - 0.5) < 1e-6
+    if near_half.any():
+        for i in np.flatnonzero(near_half).tolist():
+            out[i] = round(float(v[i]), 4)
+    return out.tolist()
+
+
 def detections_json(
     det: Detections,
     width: int,
@@ -70,8 +88,9 @@ def detections_json(
 def classification_json(cls: Classification, options: RenderOptions, threshold: float) -> dict:
     scores = cls.scores.astype(np.float64)
     if cls.multilabel:
+        rounded = round4(scores)
         preds = {
-            name: {"confidence": _r(scores[i], 4), "class_id": i}
+            name: {"confidence": rounded[i], "class_id": i}
             for i, name in enumerate(cls.class_names)
         }
         predicted = [n for i, n in enumerate(cls.class_names) if scores[i] >= threshold]
@@ -81,12 +100,12 @@ def classification_json(cls: Classification, options: RenderOptions, threshold: 
             "image_path": options.image_name or "",
             "prediction_type": "ClassificationModel",
         }
-    order = np.argsort(-scores, kind="stable").tolist()
-    ranked = scores[order].tolist()  # Python floats: round() on them directly (1000 classes)
+    order = np.argsort(-scores, kind="stable")
+    ranked = round4(scores[order])
     names = cls.class_names
     preds_list = [
-        {"class": names[i], "class_id": i, "confidence": round(c, 4)}
-        for i, c in zip(order, ranked, strict=True)
+        {"class": names[i], "class_id": i, "confidence": c}
+        for i, c in zip(order.tolist(), ranked, strict=True)
     ]
     top = preds_list[0] if preds_list else {"class": "", "confidence": 0.0}
     return {
