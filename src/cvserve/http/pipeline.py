@@ -117,6 +117,7 @@ class Admission:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.in_flight: dict[str, int] = {}
+        self.total = 0  # requests in flight for all models together
         self.running: dict[str, int] = {}
         self.listeners: list[Listener] = []
         self._lock = threading.Lock()
@@ -126,6 +127,7 @@ class Admission:
             n = self.in_flight.get(model_id, 0)
             if n < self.limit:
                 self.in_flight[model_id] = n + 1
+                self.total += 1
                 return
         self.notify(model_id, "overloaded", 0.0, 0.0)
         raise Overloaded(f"model {model_id} is busy ({n} requests queued); retry shortly")
@@ -136,7 +138,10 @@ class Admission:
 
     def leave(self, model_id: str, *, ran: bool = False) -> None:
         with self._lock:
-            self.in_flight[model_id] = max(0, self.in_flight.get(model_id, 1) - 1)
+            n = self.in_flight.get(model_id, 0)
+            if n > 0:
+                self.in_flight[model_id] = n - 1
+                self.total -= 1
             if ran:
                 self.running[model_id] = max(0, self.running.get(model_id, 1) - 1)
 
@@ -202,8 +207,8 @@ async def run_in_worker(state: AppState, model_id: str, fn: Callable[..., Any], 
         gate.started(model_id)
         try:
 
-            def alone() -> bool:  # the only request for this model in flight
-                return gate.in_flight.get(model_id, 0) <= 1
+            def alone() -> bool:  # the only request in flight, for any model
+                return gate.total <= 1
 
             with run_options(options), alone_hint(alone):
                 return fn(*args)

@@ -6,6 +6,7 @@ INTER_LINEAR) so the pixels the model sees match its reference preprocessing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -14,10 +15,13 @@ import numpy as np
 from PIL import Image
 
 from cvserve.models.manifest import Preprocess
+from cvserve.models.runtime import alone_now, helper_threads
 
 # Center crop resizes the short side first; past this many times the input's area the
 # intermediate image is skipped (extreme aspect ratios would allocate gigabytes).
 _MAX_CROP_GROWTH = 16
+# Below this many bytes of pixels a split costs more in hand-offs than it saves.
+_SPLIT_MIN_BYTES = 200_000
 _CV_INTERP = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "nearest": cv2.INTER_NEAREST}
 
 
@@ -51,13 +55,56 @@ class Transform:
         return out
 
 
-def _resize(image: np.ndarray, w: int, h: int, interpolation: str) -> np.ndarray:
+def _resize(
+    image: np.ndarray, w: int, h: int, interpolation: str, cols: tuple[int, int] | None = None
+) -> np.ndarray:
+    """The image resized to (w, h); only output columns cols[0]:cols[1] if given."""
     if image.shape[1] == w and image.shape[0] == h:
-        return image
-    if interpolation == "pil-bilinear":
+        out = image
+    elif interpolation == "pil-bilinear":
         # Matches torchvision/PIL reference pipelines (antialiased bilinear).
-        return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
-    return cv2.resize(image, (w, h), interpolation=_CV_INTERP[interpolation])
+        return _pil_bilinear(image, w, h, cols or (0, w))
+    else:
+        out = cv2.resize(image, (w, h), interpolation=_CV_INTERP[interpolation])
+    return out if cols is None else out[:, cols[0] : cols[1]]
+
+
+def _pil_bilinear(image: np.ndarray, w: int, h: int, cols: tuple[int, int]) -> np.ndarray:
+    """Pillow's antialiased bilinear resize, output columns cols[0]:cols[1].
+
+    While the request is alone in flight, the work is split across two cores. Pillow
+    resizes in two separable passes on 8-bit data (horizontal into a clipped 8-bit image,
+    then vertical), each output pixel depending only on its own row or column, with
+    coefficients that depend only on the sizes. So the horizontal pass is run on two row
+    bands, the vertical one on two column bands (only the wanted columns): the same
+    arithmetic on the same values, the same bytes (tests/test_preprocess_exact.py)."""
+    height, width = image.shape[:2]
+    c0, c1 = cols
+    if image.size < _SPLIT_MIN_BYTES or not alone_now():
+        return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))[:, c0:c1]
+
+    def horizontal(r0: int, r1: int) -> np.ndarray:
+        band = Image.fromarray(image[r0:r1])
+        return np.asarray(band.resize((w, r1 - r0), Image.BILINEAR))
+
+    def vertical(k0: int, k1: int) -> np.ndarray:
+        band = Image.fromarray(np.ascontiguousarray(mid[:, c0 + k0 : c0 + k1]))
+        return np.asarray(band.resize((k1 - k0, h), Image.BILINEAR))
+
+    mid = image if w == width else _in_halves(horizontal, height, axis=0)
+    if h == height:
+        return mid[:, c0:c1]
+    return _in_halves(vertical, c1 - c0, axis=1)
+
+
+def _in_halves(work: Callable[[int, int], np.ndarray], size: int, axis: int) -> np.ndarray:
+    """work(0, m) here and work(m, size) on a helper thread, joined along axis."""
+    m = size // 2
+    if m == 0:
+        return work(0, size)
+    other = helper_threads().submit(work, m, size)
+    first = work(0, m)
+    return np.concatenate([first, other.result()], axis=axis)
 
 
 def letterbox_geometry(
@@ -111,9 +158,9 @@ def prepare(
         r = new_w / w if w <= h else new_h / h
         if new_w * new_h > _MAX_CROP_GROWTH * in_w * in_h:
             return _center_crop_first(image, in_w, in_h, r, spec.interpolation)
-        resized = _resize(image, new_w, new_h, spec.interpolation)
         left, top = int(round((new_w - in_w) / 2.0)), int(round((new_h - in_h) / 2.0))
-        crop = resized[top : top + in_h, left : left + in_w]
+        resized = _resize(image, new_w, new_h, spec.interpolation, cols=(left, left + in_w))
+        crop = resized[top : top + in_h]
         return crop, Transform(r, r, -left, -top, w, h, (0, 0, in_w, in_h))
     # "none": the model takes the image as is (dynamic input).
     return image, Transform(1.0, 1.0, 0, 0, w, h, (0, 0, w, h))

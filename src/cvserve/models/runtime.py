@@ -8,9 +8,11 @@ using every core for runs that start while the model is otherwise idle.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,17 +110,37 @@ def run_options(options: ort.RunOptions | None) -> Iterator[None]:
 
 @contextmanager
 def alone_hint(alone: Callable[[], bool] | None) -> Iterator[None]:
-    """Runs on this thread ask `alone()` whether their request is the only one in flight
-    for the model (the HTTP layer knows; queued and decoding requests count). Only then
-    may a run take the all-core session: otherwise single-threaded lanes give more images
-    per second, and the all-core session's spinning threads would take the cores the
-    other requests' decoding needs."""
+    """Work on this thread asks `alone()` whether its request is the only one in flight
+    (the HTTP layer knows; queued and decoding requests count). Only then may a run take
+    the all-core session, or pixel work split across cores: otherwise single-threaded
+    lanes give more images per second, and the all-core session's spinning threads would
+    take the cores the other requests' decoding needs."""
     previous = getattr(_run_context, "alone", None)
     _run_context.alone = alone
     try:
         yield
     finally:
         _run_context.alone = previous
+
+
+def alone_now() -> bool:
+    """Whether this thread's request is alone in flight (no hint, as in-process: yes)."""
+    hint = getattr(_run_context, "alone", None)
+    return hint() if hint is not None else True
+
+
+_helper_lock = threading.Lock()
+_helper: list[ThreadPoolExecutor] = []
+
+
+def helper_threads() -> ThreadPoolExecutor:
+    """Threads that take half of a request's pixel work while it is alone in flight
+    (every core but the caller's)."""
+    with _helper_lock:
+        if not _helper:
+            workers = max(1, (os.cpu_count() or 1) - 1)
+            _helper.append(ThreadPoolExecutor(workers, thread_name_prefix="cvserve-pixels"))
+        return _helper[0]
 
 
 def new_run_options() -> ort.RunOptions:
@@ -176,8 +198,7 @@ class SessionPool:
             self._running += 1
         try:
             if idle and self._wide is not None:
-                hint = getattr(_run_context, "alone", None)
-                idle = hint() if hint is not None else True
+                idle = alone_now()
             if idle and self._wide is not None and self._wide_free.acquire(blocking=False):
                 try:
                     return self._wide.run(None, feeds, run_options=current_run_options())
