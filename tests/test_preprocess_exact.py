@@ -113,3 +113,26 @@ def test_tensor_values_are_the_reference_arithmetic(spec):
     # The general (NHWC) path uses the same tables.
     nhwc = pre.to_tensor(image, spec.model_copy(update={"layout": "nhwc"}))
     assert np.array_equal(nhwc[0].transpose(2, 0, 1), want[0])
+
+
+@pytest.mark.parametrize(
+    "h,w,in_w,in_h",
+    [(480, 640, 640, 640), (1080, 1920, 640, 640), (640, 480, 640, 640), (37, 999, 320, 256),
+     (640, 640, 640, 640), (1, 1, 64, 64), (300, 200, 1024, 1024)],
+)  # fmt: skip
+@pytest.mark.parametrize(
+    "spec",
+    [
+        Preprocess(),
+        Preprocess(color="bgr", scale=1.0, mean=(104.0, 117.0, 123.0), pad_value=0),
+        Preprocess(pad_align="top-left", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
+    ],
+)
+def test_one_pass_letterbox_tensor_equals_canvas_then_tensor(h, w, in_w, in_h, spec):
+    image = _photo_like(h, w, h + w)
+    want_pixels, want_t = pre.prepare(image, spec, in_w, in_h)
+    want = pre.to_tensor(want_pixels, spec)
+    got, got_t = pre.prepare_tensor(image, spec, in_w, in_h)
+    assert got_t == want_t
+    assert got.shape == want.shape == (1, 3, in_h, in_w)
+    assert np.array_equal(got, want)

@@ -9,7 +9,7 @@ import numpy as np
 from cvserve.errors import ModelLoadError
 from cvserve.models.base import Model
 from cvserve.models.manifest import Manifest
-from cvserve.models.preprocess import Transform, prepare, to_tensor
+from cvserve.models.preprocess import Transform, prepare_tensor
 from cvserve.models.runtime import RuntimeOptions, SessionPool
 from cvserve.models.store import info_from_manifest
 
@@ -48,8 +48,7 @@ class OnnxModel(Model):
 
     def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, Transform]:
         w, h = self.input_size
-        pixels, transform = prepare(image, self.manifest.preprocess, w, h)
-        return to_tensor(pixels, self.manifest.preprocess, self._input_dtype), transform
+        return prepare_tensor(image, self.manifest.preprocess, w, h, self._input_dtype)
 
     def run(self, tensor: np.ndarray) -> list[np.ndarray]:
         return self.pool.run({self._input_name: tensor})

@@ -120,29 +120,78 @@ def letterbox_geometry(
     return r, new_w, new_h, int(round(dw - 0.1)), int(round(dh - 0.1))
 
 
+def prepare_tensor(
+    image: np.ndarray, spec: Preprocess, in_w: int, in_h: int, dtype: type | None = None
+) -> tuple[np.ndarray, Transform]:
+    """prepare() then to_tensor(), the letterboxed float32 NCHW case in one pass: each
+    resized plane goes through its value table straight into its place in the tensor and
+    only the border is filled with the pad value's (no padded uint8 canvas in between)."""
+    planar = (
+        spec.resize in ("letterbox", "fit")
+        and spec.layout == "nchw"
+        and np.dtype(dtype if dtype is not None else spec.dtype) == np.float32
+        and image.dtype == np.uint8
+        and image.ndim == 3
+        and image.shape[2] == 3
+    )
+    if not planar:
+        pixels, transform = prepare(image, spec, in_w, in_h)
+        return to_tensor(pixels, spec, dtype), transform
+    resized, transform = _letterbox_resize(image, spec, in_w, in_h)
+    left, top, right, bottom = transform.content
+    out = np.empty((1, 3, in_h, in_w), np.float32)
+    table = channel_values(spec)
+    planes = cv2.split(resized)
+    if spec.color == "bgr":
+        planes = planes[::-1]
+    pad = int(spec.pad_value)
+    for c, plane in enumerate(planes):
+        o = out[0, c]
+        fill = table[c, pad]
+        o[:top] = fill
+        o[bottom:] = fill
+        o[top:bottom, :left] = fill
+        o[top:bottom, right:] = fill
+        inner = o[top:bottom, left:right]
+        written = cv2.LUT(plane, table[c : c + 1], dst=inner)
+        if not np.shares_memory(written, inner):  # OpenCV could not write in place
+            inner[...] = written
+    return out, transform
+
+
+def _letterbox_resize(
+    image: np.ndarray, spec: Preprocess, in_w: int, in_h: int
+) -> tuple[np.ndarray, Transform]:
+    """The resized image before padding, and the letterbox's inverse transform."""
+    h, w = image.shape[:2]
+    r, new_w, new_h, left, top = letterbox_geometry(w, h, in_w, in_h, spec.pad_align)
+    resized = np.ascontiguousarray(_resize(image, new_w, new_h, spec.interpolation))
+    # The resize maps w -> new_w and h -> new_h exactly, so each axis inverts with its own
+    # gain (as Ultralytics 8.4's scale_boxes/scale_coords do; the single gain r was
+    # off by up to half a model pixel on the rounded side).
+    t = Transform(new_w / w, new_h / h, left, top, w, h, (left, top, left + new_w, top + new_h))
+    return resized, t
+
+
 def prepare(
     image: np.ndarray, spec: Preprocess, in_w: int, in_h: int
 ) -> tuple[np.ndarray, Transform]:
     """Resize/pad an RGB uint8 image to (in_h, in_w, 3) uint8 and return the inverse transform."""
     h, w = image.shape[:2]
     if spec.resize == "letterbox" or spec.resize == "fit":
-        r, new_w, new_h, left, top = letterbox_geometry(w, h, in_w, in_h, spec.pad_align)
-        resized = _resize(image, new_w, new_h, spec.interpolation)
+        resized, t = _letterbox_resize(image, spec, in_w, in_h)
+        left, top, right, bottom = t.content
         # One pass: the border is written around the resized pixels (no full + copy).
         pad = int(spec.pad_value)
         canvas = cv2.copyMakeBorder(
-            np.ascontiguousarray(resized),
+            resized,
             top,
-            in_h - new_h - top,
+            in_h - bottom,
             left,
-            in_w - new_w - left,
+            in_w - right,
             cv2.BORDER_CONSTANT,
             value=(pad, pad, pad),
         )
-        # The resize maps w -> new_w and h -> new_h exactly, so each axis inverts with its own
-        # gain (as Ultralytics 8.4's scale_boxes/scale_coords do; the single gain r was
-        # off by up to half a model pixel on the rounded side).
-        t = Transform(new_w / w, new_h / h, left, top, w, h, (left, top, left + new_w, top + new_h))
         return canvas, t
     if spec.resize == "stretch":
         resized = _resize(image, in_w, in_h, spec.interpolation)
