@@ -350,7 +350,8 @@ def sam_bench(args: argparse.Namespace, photo: np.ndarray, tmp: Path, repeats: i
 
 
 def fast_path(store: ModelStore, data: bytes, name: str, repeats: int) -> dict:
-    """Opt-in shortcut (JPEG DCT-scaled decode): speed-up and agreement with the exact path."""
+    """Opt-in shortcuts (JPEG DCT-scaled decode; OpenCV area resize for Pillow-resized
+    models): speed-up and agreement with the exact path."""
     from cvserve.http.pipeline import decode_and_predict
 
     model = store.get(model_id(name))
@@ -773,7 +774,7 @@ def table(report: dict) -> str:
     for key, f in fast.items():
         if "speedup" in f:
             lines.append(
-                f"- opt-in fast decode, {key}: x{f['speedup']:.2f} "
+                f"- opt-in fast preprocessing (?fast=true), {key}: x{f['speedup']:.2f} "
                 f"({f['exact_p50_ms']:.1f} -> {f['fast_p50_ms']:.1f} ms), agreement {_fmt(f['agreement'])}"
             )
     for name, m in report.get("memory", {}).items():

@@ -263,7 +263,8 @@ def decode_and_predict(
         image, width, height = fastpath.decode(
             data, model, max_pixels=settings.max_image_pixels, max_side=settings.max_image_side
         )
-        prediction = fastpath.rescale(model.predict(image, params), width, height)
+        small = fastpath.cheap_resize(image, model)
+        prediction = fastpath.rescale(model.predict(small, params), width, height)
         if pixels and image.shape[:2] != (height, width):
             image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
         return image, prediction, time.perf_counter() - t0

@@ -173,6 +173,14 @@ def _letterbox_resize(
     return resized, t
 
 
+def center_crop_resize_size(w: int, h: int, in_w: int, in_h: int) -> tuple[int, int]:
+    """The size the short-side resize of a center crop produces (torchvision's Resize(int)
+    arithmetic: the short side becomes the target exactly, the long side is truncated)."""
+    if w <= h:
+        return in_w, max(in_h, int(in_w * h / w))
+    return max(in_w, int(in_h * w / h)), in_h
+
+
 def prepare(
     image: np.ndarray, spec: Preprocess, in_w: int, in_h: int
 ) -> tuple[np.ndarray, Transform]:
@@ -200,10 +208,7 @@ def prepare(
         # Resize the short side to the input size, then crop the centre (classifiers).
         # torchvision's Resize(int) arithmetic: the short side becomes the target exactly,
         # the long side is truncated; CenterCrop rounds its offsets.
-        if w <= h:
-            new_w, new_h = in_w, max(in_h, int(in_w * h / w))
-        else:
-            new_w, new_h = max(in_w, int(in_h * w / h)), in_h
+        new_w, new_h = center_crop_resize_size(w, h, in_w, in_h)
         r = new_w / w if w <= h else new_h / h
         if new_w * new_h > _MAX_CROP_GROWTH * in_w * in_h:
             return _center_crop_first(image, in_w, in_h, r, spec.interpolation)
