@@ -267,9 +267,9 @@ def outline(mask: BoxMask) -> np.ndarray:
     """The largest external contour as (P, 2) float32 image pixels; empty if no pixels."""
     if mask.mask.size == 0 or not mask.mask.any():
         return np.zeros((0, 2), np.float32)
-    contours, _ = cv2.findContours(
-        mask.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
-    )
+    m = mask.mask
+    pixels = m.view(np.uint8) if m.dtype == bool else m.astype(np.uint8)  # no copy for bool
+    contours, _ = cv2.findContours(pixels, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     if not contours:
         return np.zeros((0, 2), np.float32)
     best = max(contours, key=cv2.contourArea)
