@@ -194,6 +194,33 @@ def test_rle_roundtrip_against_pycocotools_encoder():
             assert got["counts"] == want["counts"].decode()
 
 
+def test_rle_matches_pycocotools_on_random_and_full_hd_masks():
+    """Random boxes anywhere (touching the last row and column, empty, full), and blob
+    masks on a 1920x1080 image: long runs, many counts, negative count differences."""
+    import cv2
+
+    from cvserve.models.masks import rle_encode
+    from cvserve.results import BoxMask
+
+    rng = np.random.default_rng(0)
+    cases = []
+    for trial in range(300):
+        width, height = int(rng.integers(1, 80)), int(rng.integers(1, 60))
+        x0, y0 = int(rng.integers(0, width)), int(rng.integers(0, height))
+        w, h = int(rng.integers(0, width - x0 + 1)), int(rng.integers(0, height - y0 + 1))
+        fills = [rng.random((h, w)) > 0.5, np.ones((h, w), bool), np.zeros((h, w), bool)]
+        cases.append((width, height, x0, y0, fills[trial % 3]))
+    for _ in range(6):
+        x0, y0 = int(rng.integers(0, 500)), int(rng.integers(0, 300))
+        blobs = (rng.random((30, 40)) > 0.4).astype(np.uint8)
+        cases.append((1920, 1080, x0, y0, cv2.resize(blobs, (1920 - x0, 1080 - y0)) > 0))
+    cases.append((1920, 1080, 0, 0, np.ones((1080, 1920), bool)))
+    for width, height, x0, y0, fill in cases:
+        box = BoxMask(x0, y0, fill)
+        want = coco_mask.encode(np.asfortranarray(box.full(width, height).astype(np.uint8)))
+        assert rle_encode(box, width, height)["counts"] == want["counts"].decode()
+
+
 def test_segment_confidence_and_filters(tmp_path, store, make_client):
     scene = Scene(640, 640)
     _install(tmp_path, store, scene)

@@ -295,40 +295,49 @@ def rle_encode(mask: BoxMask, width: int, height: int) -> dict[str, object]:
     return {"size": [height, width], "counts": _compress_counts(counts)}
 
 
-def _rle_counts(mask: BoxMask, width: int, height: int) -> list[int]:
+def _rle_counts(mask: BoxMask, width: int, height: int) -> np.ndarray:
+    """Column-major run lengths of the mask in the full image, zeros first.
+
+    Only the box is looked at: each box column changes value where its padded difference
+    is nonzero, and a change at box row r of box column c sits at flat index
+    (x0 + c) * height + y0 + r. The runs are the gaps between those positions."""
     h, w = mask.mask.shape
-    if h == 0 or w == 0 or not mask.mask.any():
-        return [width * height]
-    # Column-major flattening touches only the box columns; other columns are zero runs.
-    cols = np.zeros((height, w), dtype=bool)
-    cols[mask.y0 : mask.y0 + h, :] = mask.mask
-    flat = cols.T.reshape(-1)
-    start = mask.x0 * height
-    changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    edges = np.concatenate(([0], changes, [flat.size]))
-    runs = np.diff(edges).tolist()
-    if flat[0]:
-        runs.insert(0, 0)
-    runs[0] += start
-    tail = (width - mask.x0 - w) * height
-    if len(runs) % 2 == 1:  # ends with a zero run
-        runs[-1] += tail
-    elif tail:
-        runs.append(tail)
-    return runs
+    total = width * height
+    if h == 0 or w == 0:
+        return np.array([total], np.int64)
+    m = mask.mask.view(np.uint8) if mask.mask.dtype == bool else mask.mask.astype(np.uint8)
+    change = np.diff(m, axis=0, prepend=np.uint8(0), append=np.uint8(0))  # (h + 1, w)
+    rows, cols = np.nonzero(change)
+    if rows.size == 0:
+        return np.array([total], np.int64)
+    pos = np.sort((cols.astype(np.int64) + mask.x0) * height + mask.y0 + rows)
+    # A column that ends on the image's last row inside the mask and a next column that
+    # starts inside it change at the same index: the two changes cancel.
+    dup = np.flatnonzero(pos[1:] == pos[:-1])
+    if dup.size:
+        pos = np.delete(pos, np.concatenate((dup, dup + 1)))
+    if pos.size and pos[-1] == total:  # the last pixel is in the mask: no change after it
+        pos = pos[:-1]
+    return np.diff(np.concatenate(([0], pos, [total])))
 
 
-def _compress_counts(counts: list[int]) -> str:
-    """pycocotools' LEB128-like string encoding of run lengths."""
-    out = bytearray()
-    for i, c in enumerate(counts):
-        x = c - counts[i - 2] if i > 2 else c
-        more = True
-        while more:
-            ch = x & 0x1F
-            x >>= 5
-            more = (x != -1) if (ch & 0x10) else (x != 0)
-            if more:
-                ch |= 0x20
-            out.append(ch + 48)
-    return out.decode("ascii")
+def _compress_counts(counts: np.ndarray) -> str:
+    """pycocotools' LEB128-like string encoding of run lengths (rleToString), vectorised:
+    each count (minus the count two before it, from the third on) is written as 5-bit
+    groups, low first, +48, bit 0x20 on every group but the last; the last is the first
+    group after which the remaining bits are all sign (0 or -1, and bit 0x10 agrees)."""
+    counts = np.asarray(counts, np.int64)
+    x = counts.copy()
+    x[3:] -= counts[1:-2]
+    # Enough groups for the widest value and its sign bit.
+    groups = max(1, -(-(int(np.abs(x).max(initial=0)).bit_length() + 1) // 5))
+    shifts = np.arange(groups, dtype=np.int64) * 5
+    rest = x[:, None] >> shifts  # (M, groups): the value still to write before each group
+    group = rest & 0x1F
+    after = rest >> 5
+    done = np.where(group & 0x10, after == -1, after == 0)
+    n = np.argmax(done, axis=1) + 1  # groups per count
+    keep = np.arange(groups) < n[:, None]
+    chars = group + 48
+    chars[np.arange(groups) < (n - 1)[:, None]] += 0x20  # "more follows"
+    return chars[keep].astype(np.uint8).tobytes().decode("ascii")
