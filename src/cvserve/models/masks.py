@@ -7,6 +7,7 @@ allocates 100 full-size planes), which keeps post-processing in the millisecond 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -144,17 +145,50 @@ def proto_masks(
     f, xcrop, ycrop = _native_layout(transform, mh, mw, in_w, in_h)
     xs = _AxisRuns.build(*_axis_taps(transform.width, mw, f, xcrop))
     ys = _AxisRuns.build(*_axis_taps(transform.height, mh, f, ycrop))
-    for i in range(n):
-        bx0, by0, bx1, by1 = _pixel_box(boxes_img[i], transform.width, transform.height)
-        if bx1 == bx0 or by1 == by0:
+    boxes = [_pixel_box(b, transform.width, transform.height) for b in boxes_img]
+    windows = [
+        (*xs.window(x0, x1), *ys.window(y0, y1)) if x1 > x0 and y1 > y0 else None
+        for x0, y0, x1, y1 in boxes
+    ]
+    logits_of = _logits(coefficients, protos, windows)
+    for i, (bx0, by0, bx1, by1) in enumerate(boxes):
+        if windows[i] is None:
             out.append(BoxMask(bx0, by0, np.zeros((by1 - by0, bx1 - bx0), bool)))
             continue
-        jx0, jx1 = xs.window(bx0, bx1)
-        jy0, jy1 = ys.window(by0, by1)
-        win = protos[:, jy0:jy1, jx0:jx1].reshape(c, -1)
-        logits = (coefficients[i] @ win).reshape(jy1 - jy0, jx1 - jx0)
-        out.append(BoxMask(bx0, by0, _box_mask(logits, xs, ys, (bx0, by0, bx1, by1), (jx0, jy0))))
+        jx0, _, jy0, _ = windows[i]
+        mask = _box_mask(logits_of(i), xs, ys, (bx0, by0, bx1, by1), (jx0, jy0))
+        out.append(BoxMask(bx0, by0, mask))
     return out
+
+
+def _logits(
+    coefficients: np.ndarray,
+    protos: np.ndarray,
+    windows: list[tuple[int, int, int, int] | None],
+) -> Callable[[int], np.ndarray]:
+    """i -> instance i's mask logits over its window (x0, x1, y0, y1) of prototype cells.
+
+    Big windows: one matrix product for every instance over the whole grid, cheaper than
+    copying each window out of the (32, mh, mw) planes. Many small ones: per window."""
+    c, mh, mw = protos.shape
+    coefficients = np.asarray(coefficients, np.float32)
+    area = sum((w[1] - w[0]) * (w[3] - w[2]) for w in windows if w is not None)
+    if 4 * area >= len(windows) * mh * mw:
+        flat = np.ascontiguousarray(protos, np.float32).reshape(c, mh * mw)
+        grid = (coefficients @ flat).reshape(-1, mh, mw)
+
+        def from_grid(i: int) -> np.ndarray:
+            x0, x1, y0, y1 = windows[i]  # type: ignore[misc]
+            return grid[i, y0:y1, x0:x1]
+
+        return from_grid
+
+    def per_window(i: int) -> np.ndarray:
+        x0, x1, y0, y1 = windows[i]  # type: ignore[misc]
+        win = protos[:, y0:y1, x0:x1].reshape(c, -1)
+        return (coefficients[i] @ win).reshape(y1 - y0, x1 - x0)
+
+    return per_window
 
 
 def _pixel_box(box: np.ndarray, width: int, height: int) -> tuple[int, int, int, int]:
@@ -228,15 +262,25 @@ def _sample_every_pixel(
     ix, wx = _axis_taps(transform.width, mw, f, xcrop)
     iy, wy = _axis_taps(transform.height, mh, f, ycrop)
     out = []
-    for i in range(coefficients.shape[0]):
-        bx0, by0, bx1, by1 = _pixel_box(boxes_img[i], transform.width, transform.height)
-        if bx1 == bx0 or by1 == by0:
+    boxes = [_pixel_box(b, transform.width, transform.height) for b in boxes_img]
+    windows = [
+        (
+            int(ix[x0:x1].min()),
+            int(ix[x0:x1].max()) + 1,
+            int(iy[y0:y1].min()),
+            int(iy[y0:y1].max()) + 1,
+        )
+        if x1 > x0 and y1 > y0
+        else None
+        for x0, y0, x1, y1 in boxes
+    ]
+    logits_of = _logits(coefficients, protos, windows)
+    for i, (bx0, by0, bx1, by1) in enumerate(boxes):
+        if windows[i] is None:
             out.append(BoxMask(bx0, by0, np.zeros((by1 - by0, bx1 - bx0), bool)))
             continue
-        jx0, jx1 = int(ix[bx0:bx1].min()), int(ix[bx0:bx1].max()) + 1
-        jy0, jy1 = int(iy[by0:by1].min()), int(iy[by0:by1].max()) + 1
-        win = protos[:, jy0:jy1, jx0:jx1].reshape(c, -1)
-        logits = (coefficients[i] @ win).reshape(jy1 - jy0, jx1 - jx0)
+        jx0, _, jy0, _ = windows[i]
+        logits = logits_of(i)
         ty, tw = iy[by0:by1] - jy0, wy[by0:by1]
         rows = logits[ty[:, 0]] * tw[:, :1]
         for t in range(1, ty.shape[1]):
