@@ -421,7 +421,16 @@ def box_agreement(xa, ca, xb, cb, thr: float = 0.5) -> dict:
 
 
 def memory(store_dir: Path, names: list[str]) -> dict:
-    """Resident size each model adds (loaded + one prediction), each in a fresh process."""
+    """Resident size each model adds (loaded + one prediction), each in a fresh process:
+    in cvserve's default layout, and in the one-session layout (`--workers 1`)."""
+    out = _memory(store_dir, names, workers=0)
+    for name, one in _memory(store_dir, names, workers=1).items():
+        if "x_file" in one and "x_file" in out.get(name, {}):
+            out[name]["one_session"] = one
+    return out
+
+
+def _memory(store_dir: Path, names: list[str], workers: int) -> dict:
     out = {}
     for name in names:
         code = (
@@ -432,13 +441,14 @@ def memory(store_dir: Path, names: list[str]) -> dict:
             "from cvserve.models.base import InferParams;"
             "from cvserve.settings import Settings;"
             "from cvserve.http.app import build_state;import cvserve.models.yolo, cvserve.models.generic;"
-            "s=Settings(models_dir=Path(sys.argv[1]));st=build_state(s).store;"
+            "s=Settings(models_dir=Path(sys.argv[1]),workers=int(sys.argv[3]));"
+            "st=build_state(s).store;"
             "img=np.full((480,640,3),100,np.uint8);"
             "r0=rss_bytes();m=st.get(sys.argv[2]);r1=rss_bytes();m.predict(img,InferParams());"
             "r2=rss_bytes();print(json.dumps([r0,r1,r2]))"
         )
         res = subprocess.run(
-            [sys.executable, "-c", code, str(store_dir), model_id(name)],
+            [sys.executable, "-c", code, str(store_dir), model_id(name), str(workers)],
             capture_output=True,
             text=True,
             cwd=str(ROOT),
@@ -832,7 +842,9 @@ def table(report: dict) -> str:
         if "x_file" in m:
             lines.append(
                 f"- memory {name}: +{m['rss_after_predict_mb']:.0f} MiB resident after load + one "
-                f"prediction, file {m['file_mb']:.1f} MiB (x{m['x_file']:.1f})"
+                f"prediction, file {m['file_mb']:.1f} MiB (x{m['x_file']:.1f}); one session "
+                f"(--workers 1): +{m.get('one_session', {}).get('rss_after_predict_mb', float('nan')):.0f} MiB "
+                f"(x{m.get('one_session', {}).get('x_file', float('nan')):.1f})"
             )
     met = [g for g in report.get("goals", []) if g["met"]]
     missed = [g for g in report.get("goals", []) if g["met"] is False]
