@@ -65,6 +65,27 @@ def _shared_arena() -> bool:
         return _arena_state[0]
 
 
+_blas_state: list[bool] = []
+
+
+def _limit_blas_threads() -> None:
+    """numpy's BLAS to one thread, once per process. OpenBLAS starts a thread per core and
+    lets it spin after each multi-threaded product; beside ONNX Runtime's threads and the
+    lanes that spinning cost the next run dearly (YOLOv8n-seg at 640x480: 109 ms a request
+    with the mask logits' (N, 32) @ (32, mh*mw) product threaded, 64 ms without). The
+    server parallelises across requests and inside ONNX Runtime, not inside numpy."""
+    with _arena_lock:
+        if _blas_state:
+            return
+        _blas_state.append(True)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1, user_api="blas")
+    except Exception:  # no threadpoolctl, or a BLAS it cannot drive: numpy's own default
+        pass
+
+
 def make_session(path: Path, threads: int, spin: bool = False) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
@@ -162,6 +183,7 @@ class SessionPool:
     """`lanes` identical sessions; `with pool.session() as s:` borrows one."""
 
     def __init__(self, path: Path, options: RuntimeOptions) -> None:
+        _limit_blas_threads()
         self.path = path
         self._sessions = [
             make_session(path, options.threads_per_lane) for _ in range(options.lanes)
