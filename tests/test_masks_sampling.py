@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cvserve.models.masks import _sample_every_pixel, proto_masks
+from cvserve.models.masks import proto_masks, sample_every_pixel
 from cvserve.models.preprocess import Transform, letterbox_geometry
 
 
@@ -72,7 +72,9 @@ def test_block_decisions_equal_sampling_every_pixel(width, height, texture):
     ).astype(np.float32)
     boxes[-1] = [0, 0, width, height]  # the whole image
     boxes[-2] = [5.5, 5.5, 5.5, 9.0]  # empty
-    reference = _sample_every_pixel(coefficients, protos, boxes, transform, (in_w, in_h))
+    reference = proto_masks(
+        coefficients, protos, boxes, transform, (in_w, in_h), sample=sample_every_pixel
+    )
     fast = proto_masks(coefficients, protos, boxes, transform, (in_w, in_h))
     assert len(fast) == len(reference) == n
     for got, want in zip(fast, reference, strict=True):
@@ -93,7 +95,9 @@ def test_stretched_input_layout_also_matches():
     protos = _protos(rng, "smooth", 160, 160)
     coefficients = rng.standard_normal((6, 32)).astype(np.float32)
     boxes = np.array([[0, 0, width, height], [100.2, 50.7, 700.1, 580.9]] * 3, np.float32)
-    reference = _sample_every_pixel(coefficients, protos, boxes, transform, (640, 640))
+    reference = proto_masks(
+        coefficients, protos, boxes, transform, (640, 640), sample=sample_every_pixel
+    )
     fast = proto_masks(coefficients, protos, boxes, transform, (640, 640))
     for got, want in zip(fast, reference, strict=True):
         assert np.array_equal(got.mask, want.mask)

@@ -115,12 +115,18 @@ class _AxisRuns:
         return edges[:-1], np.diff(edges), self.idx[edges[:-1] + b0] - j0
 
 
+BoxSampler = Callable[
+    [np.ndarray, "_AxisRuns", "_AxisRuns", tuple[int, int, int, int], tuple[int, int]], np.ndarray
+]
+
+
 def proto_masks(
     coefficients: np.ndarray,
     protos: np.ndarray,
     boxes_img: np.ndarray,
     transform: Transform,
     input_size: tuple[int, int],
+    sample: BoxSampler | None = None,
 ) -> list[BoxMask]:
     """YOLO-style masks, bit-for-bit the arithmetic of Ultralytics' native-resolution path
     (`retina_masks=True`: ops.process_mask_native): logits coef @ protos, upsampled to the
@@ -134,7 +140,7 @@ def proto_masks(
     nonnegative, so a block of pixels that mixes only positive logits is inside and one
     that mixes only logits <= 0 is outside. Just the blocks on the mask's edge are sampled,
     with the same float32 operations in the same order as sampling every pixel
-    (`_sample_every_pixel`), so the result is identical.
+    (`sample_every_pixel`, the reference `sample` for tests), so the result is identical.
     """
     n = coefficients.shape[0]
     c, mh, mw = protos.shape
@@ -156,7 +162,7 @@ def proto_masks(
             out.append(BoxMask(bx0, by0, np.zeros((by1 - by0, bx1 - bx0), bool)))
             continue
         jx0, _, jy0, _ = windows[i]
-        mask = _box_mask(logits_of(i), xs, ys, (bx0, by0, bx1, by1), (jx0, jy0))
+        mask = (sample or _box_mask)(logits_of(i), xs, ys, (bx0, by0, bx1, by1), (jx0, jy0))
         out.append(BoxMask(bx0, by0, mask))
     return out
 
@@ -248,49 +254,27 @@ def _cell_pixels(start: np.ndarray, length: np.ndarray, size: int) -> tuple[np.n
     return np.minimum(start[:, None] + steps, size - 1), ok
 
 
-def _sample_every_pixel(
-    coefficients: np.ndarray,
-    protos: np.ndarray,
-    boxes_img: np.ndarray,
-    transform: Transform,
-    input_size: tuple[int, int],
-) -> list[BoxMask]:
-    """The reference for proto_masks: every box pixel sampled with its 2-4 taps per axis
-    (rows, then columns). Kept for the equivalence test."""
-    c, mh, mw = protos.shape
-    f, xcrop, ycrop = _native_layout(transform, mh, mw, *input_size)
-    ix, wx = _axis_taps(transform.width, mw, f, xcrop)
-    iy, wy = _axis_taps(transform.height, mh, f, ycrop)
-    out = []
-    boxes = [_pixel_box(b, transform.width, transform.height) for b in boxes_img]
-    windows = [
-        (
-            int(ix[x0:x1].min()),
-            int(ix[x0:x1].max()) + 1,
-            int(iy[y0:y1].min()),
-            int(iy[y0:y1].max()) + 1,
-        )
-        if x1 > x0 and y1 > y0
-        else None
-        for x0, y0, x1, y1 in boxes
-    ]
-    logits_of = _logits(coefficients, protos, windows)
-    for i, (bx0, by0, bx1, by1) in enumerate(boxes):
-        if windows[i] is None:
-            out.append(BoxMask(bx0, by0, np.zeros((by1 - by0, bx1 - bx0), bool)))
-            continue
-        jx0, _, jy0, _ = windows[i]
-        logits = logits_of(i)
-        ty, tw = iy[by0:by1] - jy0, wy[by0:by1]
-        rows = logits[ty[:, 0]] * tw[:, :1]
-        for t in range(1, ty.shape[1]):
-            rows += logits[ty[:, t]] * tw[:, t : t + 1]
-        tx, txw = ix[bx0:bx1] - jx0, wx[bx0:bx1]
-        sampled = rows[:, tx[:, 0]] * txw[:, 0]
-        for t in range(1, tx.shape[1]):
-            sampled += rows[:, tx[:, t]] * txw[:, t]
-        out.append(BoxMask(bx0, by0, sampled > 0.0))
-    return out
+def sample_every_pixel(
+    logits: np.ndarray,
+    xs: _AxisRuns,
+    ys: _AxisRuns,
+    box: tuple[int, int, int, int],
+    origin: tuple[int, int],
+) -> np.ndarray:
+    """The reference box sampler: every box pixel with its 2-4 taps per axis (rows, then
+    columns), no shortcut. proto_masks(..., sample=sample_every_pixel) is what the
+    block decisions of _box_mask must reproduce bit for bit."""
+    bx0, by0, bx1, by1 = box
+    jx0, jy0 = origin
+    ty, tw = ys.idx[by0:by1] - jy0, ys.wts[by0:by1]
+    rows = logits[ty[:, 0]] * tw[:, :1]
+    for t in range(1, ty.shape[1]):
+        rows += logits[ty[:, t]] * tw[:, t : t + 1]
+    tx, txw = xs.idx[bx0:bx1] - jx0, xs.wts[bx0:bx1]
+    sampled = rows[:, tx[:, 0]] * txw[:, 0]
+    for t in range(1, tx.shape[1]):
+        sampled += rows[:, tx[:, t]] * txw[:, t]
+    return sampled > 0.0
 
 
 def clip_box_masks(masks: list[BoxMask], width: int, height: int) -> list[BoxMask]:
