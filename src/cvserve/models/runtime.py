@@ -44,13 +44,13 @@ class RuntimeOptions:
     wide_threads: int = 0
 
 
-_arena_lock = threading.Lock()
+_setup_lock = threading.Lock()  # once-per-process setup: the shared arena, BLAS threads
 _arena_state: list[bool] = []
 
 
 def _shared_arena() -> bool:
     """Register the process-wide CPU arena once (kSameAsRequested); False if unavailable."""
-    with _arena_lock:
+    with _setup_lock:
         if not _arena_state:
             try:
                 info = ort.OrtMemoryInfo(
@@ -74,7 +74,7 @@ def _limit_blas_threads() -> None:
     lanes that spinning cost the next run dearly (YOLOv8n-seg at 640x480: 109 ms a request
     with the mask logits' (N, 32) @ (32, mh*mw) product threaded, 64 ms without). The
     server parallelises across requests and inside ONNX Runtime, not inside numpy."""
-    with _arena_lock:
+    with _setup_lock:
         if _blas_state:
             return
         _blas_state.append(True)
