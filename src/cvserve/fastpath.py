@@ -24,7 +24,7 @@ from PIL import Image
 
 from cvserve.images import decode_image, sniff
 from cvserve.models.base import Model
-from cvserve.models.preprocess import center_crop_resize_size
+from cvserve.models.preprocess import MAX_CROP_GROWTH, center_crop_resize_size
 from cvserve.results import BoxMask, Detections, Prediction, SemanticMask
 
 _ORIENTATION = 0x0112
@@ -94,7 +94,7 @@ def cheap_resize(image: np.ndarray, model: Model) -> np.ndarray:
         new_w, new_h = size
     else:
         return image
-    if (new_w, new_h) == (w, h) or new_w * new_h > 16 * size[0] * size[1]:
+    if (new_w, new_h) == (w, h) or new_w * new_h > MAX_CROP_GROWTH * size[0] * size[1]:
         return image
     # INTER_AREA averages when shrinking; enlarging, it is bilinear.
     return cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA)

@@ -19,7 +19,7 @@ from cvserve.models.runtime import alone_now, helper_threads
 
 # Center crop resizes the short side first; past this many times the input's area the
 # intermediate image is skipped (extreme aspect ratios would allocate gigabytes).
-_MAX_CROP_GROWTH = 16
+MAX_CROP_GROWTH = 16
 # Below this many bytes of pixels a split costs more in hand-offs than it saves.
 _SPLIT_MIN_BYTES = 200_000
 _CV_INTERP = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "nearest": cv2.INTER_NEAREST}
@@ -140,22 +140,13 @@ def prepare_tensor(
     resized, transform = _letterbox_resize(image, spec, in_w, in_h)
     left, top, right, bottom = transform.content
     out = np.empty((1, 3, in_h, in_w), np.float32)
-    table = channel_values(spec)
-    planes = cv2.split(resized)
-    if spec.color == "bgr":
-        planes = planes[::-1]
-    pad = int(spec.pad_value)
-    for c, plane in enumerate(planes):
-        o = out[0, c]
-        fill = table[c, pad]
-        o[:top] = fill
-        o[bottom:] = fill
-        o[top:bottom, :left] = fill
-        o[top:bottom, right:] = fill
-        inner = o[top:bottom, left:right]
-        written = cv2.LUT(plane, table[c : c + 1], dst=inner)
-        if not np.shares_memory(written, inner):  # OpenCV could not write in place
-            inner[...] = written
+    fill = channel_values(spec)[:, int(spec.pad_value), None, None]  # (3, 1, 1)
+    planes = out[0]
+    planes[:, :top] = fill
+    planes[:, bottom:] = fill
+    planes[:, top:bottom, :left] = fill
+    planes[:, top:bottom, right:] = fill
+    _write_planes(resized, spec, planes[:, top:bottom, left:right])
     return out, transform
 
 
@@ -210,7 +201,7 @@ def prepare(
         # the long side is truncated; CenterCrop rounds its offsets.
         new_w, new_h = center_crop_resize_size(w, h, in_w, in_h)
         r = new_w / w if w <= h else new_h / h
-        if new_w * new_h > _MAX_CROP_GROWTH * in_w * in_h:
+        if new_w * new_h > MAX_CROP_GROWTH * in_w * in_h:
             return _center_crop_first(image, in_w, in_h, r, spec.interpolation)
         left, top = int(round((new_w - in_w) / 2.0)), int(round((new_h - in_h) / 2.0))
         resized = _resize(image, new_w, new_h, spec.interpolation, cols=(left, left + in_w))
@@ -269,13 +260,21 @@ def _planar_float32(pixels: np.ndarray, spec: Preprocess) -> np.ndarray:
     at the cost of one table lookup per element."""
     h, w, channels = pixels.shape
     out = np.empty((1, channels, h, w), np.float32)
+    _write_planes(pixels, spec, out[0])
+    return out
+
+
+def _write_planes(pixels: np.ndarray, spec: Preprocess, dst: np.ndarray) -> None:
+    """HWC uint8 pixels -> dst (3, H, W) float32 (a view), in model colour order, each
+    plane through its channel's value table."""
     planes = cv2.split(pixels)
     if spec.color == "bgr":
         planes = planes[::-1]
     table = channel_values(spec)
     for c, plane in enumerate(planes):
-        cv2.LUT(plane, table[c : c + 1], dst=out[0, c])
-    return out
+        written = cv2.LUT(plane, table[c : c + 1], dst=dst[c])
+        if not np.shares_memory(written, dst[c]):  # OpenCV could not write in place
+            dst[c] = written
 
 
 def to_tensor(pixels: np.ndarray, spec: Preprocess, dtype: type | None = None) -> np.ndarray:

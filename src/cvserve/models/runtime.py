@@ -13,7 +13,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,29 +124,27 @@ _run_context = threading.local()
 
 
 @contextmanager
-def run_options(options: ort.RunOptions | None) -> Iterator[None]:
-    """Runs on this thread use `options` (the HTTP layer sets `terminate` on a deadline)."""
-    previous = getattr(_run_context, "options", None)
-    _run_context.options = options
+def _on_this_thread(name: str, value: object) -> Iterator[None]:
+    previous = getattr(_run_context, name, None)
+    setattr(_run_context, name, value)
     try:
         yield
     finally:
-        _run_context.options = previous
+        setattr(_run_context, name, previous)
 
 
-@contextmanager
-def alone_hint(alone: Callable[[], bool] | None) -> Iterator[None]:
+def run_options(options: ort.RunOptions | None) -> AbstractContextManager[None]:
+    """Runs on this thread use `options` (the HTTP layer sets `terminate` on a deadline)."""
+    return _on_this_thread("options", options)
+
+
+def alone_hint(alone: Callable[[], bool] | None) -> AbstractContextManager[None]:
     """Work on this thread asks `alone()` whether its request is the only one in flight
     (the HTTP layer knows; queued and decoding requests count). Only then may a run take
     the all-core session, or pixel work split across cores: otherwise single-threaded
     lanes give more images per second, and the all-core session's spinning threads would
     take the cores the other requests' decoding needs."""
-    previous = getattr(_run_context, "alone", None)
-    _run_context.alone = alone
-    try:
-        yield
-    finally:
-        _run_context.alone = previous
+    return _on_this_thread("alone", alone)
 
 
 def alone_now() -> bool:
