@@ -101,3 +101,26 @@ def test_stretched_input_layout_also_matches():
     fast = proto_masks(coefficients, protos, boxes, transform, (640, 640))
     for got, want in zip(fast, reference, strict=True):
         assert np.array_equal(got.mask, want.mask)
+
+
+def test_both_logit_strategies_give_each_window_its_own_logits():
+    """Big windows read one product over the whole grid, small ones multiply their own
+    window; either way instance i's window holds coef_i . protos at those cells (float64
+    reference), and the two strategies agree."""
+    from cvserve.models.masks import _logits
+
+    rng = np.random.default_rng(11)
+    protos = rng.standard_normal((32, 40, 56)).astype(np.float32)
+    coefficients = rng.standard_normal((3, 32)).astype(np.float32)
+    reference = np.einsum("nc,chw->nhw", coefficients.astype(np.float64), protos)
+    big = [(0, 56, 0, 40), (3, 50, 7, 33), None]  # cover the grid: one product
+    small = [(10, 14, 20, 23), (0, 2, 38, 40), None]  # tiny: per window
+    for windows in (big, small):
+        logits_of = _logits(coefficients, protos, windows)
+        for i, w in enumerate(windows):
+            if w is None:
+                continue
+            x0, x1, y0, y1 = w
+            got = logits_of(i)
+            assert got.shape == (y1 - y0, x1 - x0)
+            np.testing.assert_allclose(got, reference[i, y0:y1, x0:x1], rtol=1e-5, atol=1e-4)

@@ -16,3 +16,19 @@ def test_session_pool_limits_blas_to_one_thread(tmp_path):
     blas = [info for info in threadpool_info() if info["user_api"] == "blas"]
     assert blas, "numpy's BLAS was not found"
     assert all(info["num_threads"] == 1 for info in blas), blas
+
+
+def test_alone_counts_requests_for_every_model():
+    """The all-core session and split pixel work are for a request alone in the server:
+    a request on another model counts, and a stray leave never drives the count negative."""
+    from cvserve.http.pipeline import Admission
+
+    gate = Admission(limit=4)
+    gate.enter("a/1")
+    assert gate.total == 1
+    gate.enter("b/1")
+    assert gate.total == 2  # not alone, though alone for its own model
+    gate.leave("b/1", ran=True)
+    gate.leave("a/1", ran=True)
+    gate.leave("a/1")  # already gone
+    assert gate.total == 0 and gate.in_flight == {"a/1": 0, "b/1": 0}
