@@ -46,13 +46,15 @@ from common import (  # noqa: E402
     summarize,
 )
 
-from cvserve.http.hosted import _infer_and_render  # noqa: E402
+from cvserve.engine.decode import decode  # noqa: E402
+from cvserve.engine.pipeline import infer as engine_infer  # noqa: E402
 from cvserve.images import decode_image  # noqa: E402
 from cvserve.models.base import InferParams  # noqa: E402
 from cvserve.models.importers import import_model  # noqa: E402
 from cvserve.models.runtime import RuntimeOptions  # noqa: E402
 from cvserve.models.store import ModelStore  # noqa: E402
 from cvserve.params import RenderOptions  # noqa: E402
+from cvserve.results import Prediction  # noqa: E402
 from cvserve.settings import Settings  # noqa: E402
 
 TASK_OF = {
@@ -127,7 +129,7 @@ def inproc_measure(model, data: bytes, settings: Settings, n: int, duration: flo
     render = RenderOptions()
 
     def once():
-        return _infer_and_render(model, data, params, render, settings)
+        return engine_infer(model, data, params, render, settings)
 
     once()
     lat = latencies(once, n, min_s=duration)
@@ -245,7 +247,6 @@ def external(python: Path, script: str, args: list[str], timeout: float) -> dict
 
 def seg_postprocess(store: ModelStore, image: np.ndarray, n_inst: int, repeats: int) -> dict:
     """Instance-segmentation post-processing alone for n_inst instances on `image`."""
-    from cvserve.http.hosted import _infer_and_render as _  # noqa: F401  (import cost outside)
     from cvserve.render.roboflow import prediction_json
 
     model = store.get(model_id("yolov8n-seg"))
@@ -352,19 +353,23 @@ def sam_bench(args: argparse.Namespace, photo: np.ndarray, tmp: Path, repeats: i
 def fast_path(store: ModelStore, data: bytes, name: str, repeats: int) -> dict:
     """Opt-in shortcuts (JPEG DCT-scaled decode; OpenCV area resize for Pillow-resized
     models): speed-up and agreement with the exact path."""
-    from cvserve.http.pipeline import decode_and_predict
+
+    def decode_and_predict(params: InferParams) -> tuple[Prediction, float]:
+        t0 = time.perf_counter()
+        prediction = decode(model, data, params, settings).predict(model, params)
+        return prediction, time.perf_counter() - t0
 
     model = store.get(model_id(name))
     settings = Settings()
     exact_p = InferParams.defaults_for(model.task)
     fast_p = InferParams(**{**exact_p.__dict__, "fast_preprocess": True})
-    # pixels=False: what a JSON request does (the pixels are not drawn on).
-    _, exact, _ = decode_and_predict(model, data, exact_p, settings, pixels=False)
-    _, fast, _ = decode_and_predict(model, data, fast_p, settings, pixels=False)
+    # The engine's decode policy and predict, as a JSON request runs them (nothing drawn).
+    exact, _ = decode_and_predict(exact_p)
+    fast, _ = decode_and_predict(fast_p)
     t_exact, t_fast = [], []
     for _ in range(repeats):  # interleaved
-        t_exact.append(decode_and_predict(model, data, exact_p, settings, pixels=False)[2])
-        t_fast.append(decode_and_predict(model, data, fast_p, settings, pixels=False)[2])
+        t_exact.append(decode_and_predict(exact_p)[1])
+        t_fast.append(decode_and_predict(fast_p)[1])
     return {
         "exact_p50_ms": median(t_exact) * 1e3,
         "fast_p50_ms": median(t_fast) * 1e3,

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 import cvserve.models.preprocess as pre
-from cvserve import fastpath
+from cvserve.engine import fastpath
 from tests.conftest import add_model, hosted
 from tests.synthetic import jpeg_bytes, png_bytes, rect_finder_model, rect_image, ultralytics_meta
 

@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -24,7 +23,6 @@ from fastapi.testclient import TestClient
 
 from cvserve.errors import TooManyRequests
 from cvserve.http.app import build_state, create_app
-from cvserve.http.pipeline import admission
 from cvserve.http.ratelimit import RateLimiter
 from cvserve.models import registry
 from cvserve.models.manifest import Manifest
@@ -127,7 +125,7 @@ def test_deadline_answers_504_and_stops_the_run(client_for: Any) -> None:
     # The model load is part of the first request; the answer comes at the deadline anyway.
     assert elapsed < SLOW_S, elapsed
     # ORT was told to terminate: the lane frees up long before the 2 s run would end.
-    gate = admission(client.app.state.cvserve)
+    gate = client.app.state.cvserve.engine.admission
     assert _wait_until(lambda: not any(gate.in_flight.values()), 1.0), gate.snapshot()
     # And the next request (model loaded, lane free) fails the same way, not worse.
     assert client.post(f"/{SLOW_ID}", content=IMAGE, headers=FORM).status_code == 504
@@ -155,7 +153,7 @@ def test_full_queue_answers_503_with_retry_after(models_dir: Path) -> None:
     # Once drained, the model takes requests again.
     again = asyncio.run(_post_many(app, [f"/{SLOW_ID}"]))
     assert again[0].status_code == 200
-    gate = admission(app.state.cvserve)
+    gate = app.state.cvserve.engine.admission
     assert gate.snapshot()[SLOW_ID] == (0, 0)
 
 
@@ -315,9 +313,13 @@ def test_metrics(models_dir: Path) -> None:
     state = app.state.cvserve
     responses = asyncio.run(_post_many(app, [f"/{DET_ID}"] * 3 + [f"/{SLOW_ID}"] * 3))
     assert sorted(r.status_code for r in responses).count(503) >= 1
-    state.extras["jobs"] = SimpleNamespace(
-        queue=SimpleNamespace(counts=lambda: {"Queued": 2, "Completed": 5})
-    )
+    # Real job records: 2 left queued, 5 completed (a kind no worker handles).
+    queue = state.jobs.queue
+    for _ in range(7):
+        queue.submit("metrics-test", "p", {})
+    for _ in range(5):
+        job = queue.claim(["metrics-test"])
+        assert job is not None and queue.complete(job.id, job.attempt, {})
     with TestClient(app, raise_server_exceptions=False) as client:
         assert client.post("/nope/1", content=IMAGE).status_code == 404
         r = client.get("/metrics")

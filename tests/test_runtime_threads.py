@@ -21,7 +21,7 @@ def test_session_pool_limits_blas_to_one_thread(tmp_path):
 def test_alone_counts_requests_for_every_model():
     """The all-core session and split pixel work are for a request alone in the server:
     a request on another model counts, and a stray leave never drives the count negative."""
-    from cvserve.http.pipeline import Admission
+    from cvserve.engine import Admission
 
     gate = Admission(limit=4)
     gate.enter("a/1")

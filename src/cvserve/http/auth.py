@@ -11,8 +11,6 @@ from starlette.requests import Request
 from cvserve.errors import Unauthorized
 from cvserve.http.ratelimit import RateLimiter
 
-UNAUTHORIZED_BODY = {"Message": "User is not authorized to access this resource"}
-
 
 def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()

@@ -3,38 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import math
-import time
+from dataclasses import replace
 from typing import Any
 
-import orjson
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
 from cvserve.errors import BadRequest, ModelNotFound
+from cvserve.http.body import read_json_object
 from cvserve.http.inputs import fetch_url
-from cvserve.http.pipeline import (
-    decode_and_predict,
-    get_model,
-    model_info,
-    read_body,
-    run_in_worker,
-)
+from cvserve.http.openapi import INFER_DOC, MODEL_ID_BODY
 from cvserve.http.responses import json_response
 from cvserve.http.state import AppState
 from cvserve.images import decode_base64
-from cvserve.models.base import InferParams, Model, Task
+from cvserve.models.base import InferParams, Task
 from cvserve.params import (
     CONFIDENCE_WORDS,
     MAX_DETECTIONS_LIMIT,
     RenderOptions,
     parse_fraction,
 )
-from cvserve.render.annotate import annotated_jpeg
-from cvserve.render.roboflow import prediction_json
-from cvserve.settings import Settings
 
 ROUTE_TASKS = {
     "object_detection": Task.OBJECT_DETECTION,
@@ -107,41 +97,6 @@ async def _image_bytes(state: AppState, image: Any) -> bytes:
     raise BadRequest(f"image type {kind!r} is not accepted; use base64 or url")
 
 
-def _infer_one(
-    model: Model,
-    data: bytes,
-    params: InferParams,
-    render: RenderOptions,
-    visualize: bool,
-    settings: Settings,
-) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    image, prediction, _ = decode_and_predict(model, data, params, settings, pixels=visualize)
-    body = prediction_json(
-        prediction,
-        render,
-        confidence=params.confidence,
-        keypoint_confidence=params.keypoint_confidence,
-        elapsed_s=time.perf_counter() - t0,
-    )
-    body["visualization"] = None
-    if visualize:
-        jpeg = annotated_jpeg(image, prediction, params, render)
-        body["visualization"] = base64.b64encode(jpeg).decode("ascii")
-    return body
-
-
-async def _json_body(request: Request, state: AppState) -> dict[str, Any]:
-    raw = await read_body(request, state.settings.max_body_bytes)
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise BadRequest("request body must be JSON") from None
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object")
-    return body
-
-
 def _model_id(body: dict[str, Any]) -> str:
     model_id = body.get("model_id")
     if not isinstance(model_id, str) or not model_id:
@@ -168,18 +123,19 @@ def _registry(state: AppState) -> dict[str, Any]:
 
 def build_router(state: AppState) -> APIRouter:
     router = APIRouter(tags=["inference-sdk"])
+    engine = state.engine
 
-    @router.post("/infer/{task_route}")
+    @router.post("/infer/{task_route}", **INFER_DOC)
     async def infer(task_route: str, request: Request) -> Response:
         task = ROUTE_TASKS.get(task_route)
         if task is None:
             raise ModelNotFound(
                 f"unknown task route /infer/{task_route}; known: {', '.join(ROUTE_TASKS)}"
             )
-        body = await _json_body(request, state)
+        body = await read_json_object(request, state.settings.max_body_bytes)
         state.keys.check(request, body.get("api_key"))
         model_id = _model_id(body)
-        info = model_info(state, model_id)
+        info = engine.model_info(model_id)
         if info.task is not task:
             raise BadRequest(f"model {model_id} is a {info.task.value} model, not {task.value}")
         params = _params(body, task)
@@ -197,23 +153,14 @@ def build_router(state: AppState) -> APIRouter:
         if not items or len(items) > MAX_IMAGES_PER_REQUEST:
             raise BadRequest(f"send between 1 and {MAX_IMAGES_PER_REQUEST} images per request")
         payloads = [await _image_bytes(state, item) for item in items]
-        model = await get_model(state, model_id)
-        results = await asyncio.gather(
-            *(
-                run_in_worker(
-                    state,
-                    model_id,
-                    _infer_one,
-                    model,
-                    data,
-                    params,
-                    render,
-                    visualize,
-                    state.settings,
-                )  # fmt: skip
-                for data in payloads
-            )
+        fmt = "image_and_json" if visualize else "json"
+        render = replace(render, format=fmt)
+        rendered = await asyncio.gather(
+            *(engine.infer(model_id, data, params, render) for data in payloads)
         )
+        results = [r.body or {} for r in rendered]
+        for answer in results:
+            answer.setdefault("visualization", None)  # the SDK reads the key even when off
         return json_response(results if many else results[0])
 
     @router.get("/model/registry")
@@ -221,16 +168,18 @@ def build_router(state: AppState) -> APIRouter:
         state.keys.check(request)
         return json_response(_registry(state))
 
-    @router.post("/model/add")
+    @router.post("/model/add", summary="Load a model", openapi_extra={"requestBody": MODEL_ID_BODY})
     async def add(request: Request) -> Response:
-        body = await _json_body(request, state)
+        body = await read_json_object(request, state.settings.max_body_bytes)
         state.keys.check(request, body.get("api_key"))
-        await get_model(state, _model_id(body))
+        await engine.model(_model_id(body))
         return json_response(_registry(state))
 
-    @router.post("/model/remove")
+    @router.post(
+        "/model/remove", summary="Unload a model", openapi_extra={"requestBody": MODEL_ID_BODY}
+    )
     async def remove(request: Request) -> Response:
-        body = await _json_body(request, state)
+        body = await read_json_object(request, state.settings.max_body_bytes)
         state.keys.check(request, body.get("api_key"))
         state.store.unload(_model_id(body))
         return json_response(_registry(state))

@@ -8,7 +8,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from cvserve.errors import BadRequest, UnsupportedMediaType
-from cvserve.http.pipeline import read_body
+from cvserve.http.body import read_body
 from cvserve.http.state import AppState
 from cvserve.images import decode_base64, sniff
 

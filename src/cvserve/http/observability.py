@@ -1,54 +1,35 @@
-"""Request ids, structured access logs, and Prometheus metrics at GET /metrics.
+"""Request ids, structured access logs, and each request's deadline.
 
 - Every response carries `X-Request-ID` (the caller's, when it sends a sane one; else a
   fresh uuid4 hex). Log records made while serving a request carry it as `request_id`.
 - One JSON access-log line per request on the `cvserve.access` logger: request id, method,
   path WITHOUT the query string (`api_key` travels there), route, status, duration.
-- The request's deadline (settings.request_timeout_s) starts here; the inference
-  pipeline spends what is left of it.
-- Metrics live in a per-app CollectorRegistry, never the process-global one: requests by
-  route and status, latency by route, per-model queue wait, inference time, outcomes,
-  queue depth and requests running, loaded models, and jobs by status when the jobs
-  service (state.extras["jobs"], with `.queue.counts()`) is present.
+- The request's deadline (settings.request_timeout_s) starts here; the engine spends what
+  is left of it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
 import uuid
-from collections.abc import Iterator
 from contextvars import ContextVar
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from fastapi import APIRouter
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    generate_latest,
-)
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
 from starlette.datastructures import MutableHeaders
-from starlette.requests import Request
-from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cvserve.http.pipeline import admission, reset_deadline, start_deadline
+from cvserve.engine import reset_deadline, start_deadline
 from cvserve.http.responses import json_response
-from cvserve.http.state import AppState
+
+if TYPE_CHECKING:
+    from cvserve.http.state import AppState
 
 REQUEST_ID: ContextVar[str] = ContextVar("cvserve_request_id", default="-")
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 access_log = logging.getLogger("cvserve.access")
-
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-METRICS_KEY = "metrics"
 
 
 # -- logging -----------------------------------------------------------------------------
@@ -71,113 +52,6 @@ def configure_logging(level: str = "info") -> None:
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
-# -- metrics -----------------------------------------------------------------------------
-class Metrics:
-    def __init__(self, state: AppState) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        self.requests = Counter(
-            "cvserve_http_requests",
-            "HTTP requests by method, route template and status",
-            ["method", "route", "status"],
-            registry=r,
-        )
-        self.latency = Histogram(
-            "cvserve_http_request_duration_seconds",
-            "HTTP request latency by route template",
-            ["route"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.inference = Histogram(
-            "cvserve_inference_duration_seconds",
-            "Worker time per image (decode, predict, render) by model",
-            ["model"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.queue_wait = Histogram(
-            "cvserve_queue_wait_seconds",
-            "Time an admitted image waited for a worker, by model",
-            ["model"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.outcomes = Counter(
-            "cvserve_inference",
-            "Inference jobs by model and outcome (ok, error, deadline, cancelled, overloaded)",
-            ["model", "outcome"],
-            registry=r,
-        )
-        r.register(_StateCollector(state))
-        admission(state).listeners.append(self.observe_inference)
-
-    def observe_inference(self, model_id: str, outcome: str, queued_s: float, run_s: float) -> None:
-        self.outcomes.labels(model_id, outcome).inc()
-        if outcome in ("ok", "error", "deadline"):
-            self.queue_wait.labels(model_id).observe(queued_s)
-            self.inference.labels(model_id).observe(run_s)
-
-    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(method, route, str(status)).inc()
-        self.latency.labels(route).observe(seconds)
-
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)
-
-
-class _StateCollector(Collector):
-    """Gauges read at scrape time from the live state."""
-
-    def __init__(self, state: AppState) -> None:
-        self.state = state
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        queued = GaugeMetricFamily(
-            "cvserve_model_queue_depth", "Admitted images waiting for a worker", labels=["model"]
-        )
-        running = GaugeMetricFamily(
-            "cvserve_model_in_flight", "Images being processed on a worker", labels=["model"]
-        )
-        for model_id, (q, r) in sorted(admission(self.state).snapshot().items()):
-            queued.add_metric([model_id], q)
-            running.add_metric([model_id], r)
-        yield queued
-        yield running
-        loaded = GaugeMetricFamily("cvserve_models_loaded", "Models loaded in memory")
-        loaded.add_metric([], sum(1 for m in self.state.store.ids() if self.state.store.loaded(m)))
-        yield loaded
-        counts = _job_counts(self.state)
-        if counts is not None:
-            jobs = GaugeMetricFamily("cvserve_jobs", "Segment jobs by status", labels=["status"])
-            for status in ("Queued", "Running", "Completed", "Failed"):
-                jobs.add_metric([status], counts.get(status, 0))
-            for status, n in sorted(counts.items()):
-                if status not in ("Queued", "Running", "Completed", "Failed"):
-                    jobs.add_metric([status], n)
-            yield jobs
-
-
-def _job_counts(state: AppState) -> dict[str, int] | None:
-    """The jobs module's hook: state.extras["jobs"].queue.counts() -> {status: n}."""
-    service = state.extras.get("jobs")
-    counts = getattr(getattr(service, "queue", None), "counts", None)
-    if not callable(counts):
-        return None
-    try:
-        return {str(k): int(v) for k, v in counts().items()}
-    except Exception:  # a scrape must not fail because the jobs database is busy
-        return None
-
-
-def metrics(state: AppState) -> Metrics:
-    found = state.extras.get(METRICS_KEY)
-    if found is None:
-        found = Metrics(state)
-        state.extras[METRICS_KEY] = found
-    return found  # type: ignore[return-value]
-
-
 # -- the middleware ----------------------------------------------------------------------
 class RequestContextMiddleware:
     """Pure ASGI (no BaseHTTPMiddleware: it would break streaming and context variables)."""
@@ -185,7 +59,7 @@ class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, state: AppState) -> None:
         self.app = app
         self.state = state
-        self.metrics = metrics(state)
+        self.metrics = state.metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -255,18 +129,3 @@ def _log_access(
 def install(app: Any, state: AppState) -> None:
     """Called by create_app: the request-context middleware."""
     app.add_middleware(RequestContextMiddleware, state=state)
-
-
-# -- the router --------------------------------------------------------------------------
-def build_router(state: AppState) -> APIRouter:
-    router = APIRouter(tags=["system"])
-    registry = metrics(state)
-
-    @router.get("/metrics")
-    async def prometheus_metrics(request: Request) -> Response:
-        state.keys.check(request)
-        # Off the event loop: the jobs gauge reads SQLite, which may wait on a writer.
-        body = await asyncio.to_thread(registry.exposition)
-        return Response(body, media_type=CONTENT_TYPE_LATEST)
-
-    return router

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from cvserve.engine import Engine
 from cvserve.http.auth import KeyChecker
+from cvserve.http.metrics import Metrics
+from cvserve.http.ratelimit import RateLimiter
+from cvserve.jobs.service import JobsService
+from cvserve.models.runtime import RuntimeOptions
 from cvserve.models.store import ModelStore
 from cvserve.settings import Settings
-
-Hook = Callable[[], Awaitable[None]]
 
 
 @dataclass
@@ -19,13 +19,28 @@ class AppState:
     settings: Settings
     store: ModelStore
     keys: KeyChecker
-    # Pixel work and session.run happen here; numpy, OpenCV and ORT release the GIL.
-    executor: ThreadPoolExecutor
-    # Loading models runs on its own threads so a slow load never starves inference.
-    loader: ThreadPoolExecutor
-    startup: list[Hook] = field(default_factory=list)
-    shutdown: list[Hook] = field(default_factory=list)
-    extras: dict[str, object] = field(default_factory=dict)
+    engine: Engine
+    jobs: JobsService
+    metrics: Metrics
 
-    async def run(self, fn: Callable, *args: object) -> object:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+def build_state(settings: Settings, store: ModelStore | None = None) -> AppState:
+    """The one place the server's parts are built and wired together."""
+    if store is None:
+        options = RuntimeOptions(
+            lanes=settings.lanes(),
+            threads_per_lane=settings.threads_per_lane(),
+            wide_threads=settings.wide_threads(),
+        )
+        store = ModelStore(settings.store_dir, options)
+    engine = Engine(settings, store)
+    jobs = JobsService(settings, engine)
+    metrics = Metrics(engine, store, jobs)
+    return AppState(
+        settings=settings,
+        store=store,
+        keys=KeyChecker(settings.api_keys, RateLimiter(settings.rate_limit_per_minute)),
+        engine=engine,
+        jobs=jobs,
+        metrics=metrics,
+    )

@@ -9,24 +9,22 @@ item; the job then ends Failed with `failedItems`, never with a server error.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from cvserve.engine.promptable import Prompt
 from cvserve.errors import BadRequest, CVServeError
 from cvserve.images import decode_image
 from cvserve.jobs.files import FileMeta, FileStore
 from cvserve.jobs.polygons import segments_json
 from cvserve.jobs.queue import Job
 from cvserve.jobs.workers import Outcome
-from cvserve.models.base import Model
-from cvserve.models.sam import SamModel
-from cvserve.models.store import ModelStore
 from cvserve.settings import Settings
+
+if TYPE_CHECKING:
+    from cvserve.engine import Engine
 
 KIND = "segment"
 DEFAULT_MODEL = "mobilesam/1"
@@ -115,45 +113,13 @@ def parse_request(body: Any) -> SegmentRequest:
     return req
 
 
-# -- running one prompt ------------------------------------------------------------------
-@dataclass
-class PromptResult:
-    mask: np.ndarray  # bool (H, W)
-    score: float
-    width: int
-    height: int
-    cached: bool  # the embedding came from the cache
-    seconds: float
-
-
-def run_prompt(
-    model: SamModel,
-    key: str,
-    load_image: Callable[[], np.ndarray],
-    points: list[Point],
-    box: BoundingBox | None,
-    *,
-    normalised: bool = True,
-) -> PromptResult:
-    """Embed (cached under `key`; the image is only decoded on a miss), then decode a mask."""
-    t0 = time.perf_counter()
-    cached = key in model.cache
-    emb = model.embed_cached(key, load_image)
-    sx, sy = (emb.width, emb.height) if normalised else (1.0, 1.0)
-    pts = np.array([[p.x * sx, p.y * sy] for p in points], np.float32).reshape(-1, 2)
-    labels = np.array([p.label for p in points], np.float32)
-    xyxy = None
-    if box is not None:
-        xyxy = np.array([box.xMin * sx, box.yMin * sy, box.xMax * sx, box.yMax * sy], np.float32)
-    mask, score = model.segment(emb, pts if len(pts) else None, labels if len(pts) else None, xyxy)
-    return PromptResult(mask, score, emb.width, emb.height, cached, time.perf_counter() - t0)
-
-
-def sam_model(store: ModelStore, model_id: str) -> SamModel:
-    model: Model = store.get(model_id)
-    if not isinstance(model, SamModel):
-        raise BadRequest(f"model {model_id} is not a promptable (SAM) segmentation model")
-    return model
+def prompt_of(points: list[Point], box: BoundingBox | None, *, normalised: bool = True) -> Prompt:
+    """The request's prompt in the engine's terms."""
+    return Prompt(
+        points=tuple((p.x, p.y, p.label) for p in points),
+        box=(box.xMin, box.yMin, box.xMax, box.yMax) if box is not None else None,
+        normalised=normalised,
+    )
 
 
 def file_problem(meta: FileMeta | None) -> str | None:
@@ -178,8 +144,8 @@ def item_ref(ref: dict[str, Any], meta: FileMeta | None = None) -> dict[str, Any
 
 # -- the job handler ---------------------------------------------------------------------
 class SegmentHandler:
-    def __init__(self, store: ModelStore, files: FileStore, settings: Settings) -> None:
-        self.store = store
+    def __init__(self, engine: Engine, files: FileStore, settings: Settings) -> None:
+        self.engine = engine
         self.files = files
         self.settings = settings
 
@@ -194,7 +160,7 @@ class SegmentHandler:
         assert meta is not None
         model_id = p.get("model") or DEFAULT_MODEL
         try:
-            model = sam_model(self.store, model_id)
+            self.engine.promptable_model(model_id)  # loads it, or says why not
         except CVServeError as e:
             return _failed(item, f"model {model_id} is unavailable: {e.message}")
 
@@ -208,7 +174,7 @@ class SegmentHandler:
         points = [Point.model_validate(x) for x in p.get("points") or []]
         box = BoundingBox.model_validate(p["boundingBox"]) if p.get("boundingBox") else None
         try:
-            res = run_prompt(model, meta.cache_key, load, points, box)
+            res = self.engine.segment_now(model_id, meta.cache_key, load, prompt_of(points, box))
         except FileNotFoundError:
             return _failed(item, "file content is missing from the server's storage")
         except CVServeError as e:

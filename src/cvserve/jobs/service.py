@@ -1,12 +1,13 @@
 """The jobs subsystem of one server: database, file store, queue and workers, wired once.
 
 Opened lazily (routes work even before the lifespan ran, e.g. in tests) and started and
-stopped by the lifespan hooks the HTTP layer registers.
+stopped by the server's lifespan. Its workers run prompts through the engine.
 """
 
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
 from cvserve.jobs.db import DB_NAME, Database
 from cvserve.jobs.files import FileStore
@@ -14,22 +15,24 @@ from cvserve.jobs.queue import DEFAULT_LEASE_MS, JobQueue
 from cvserve.jobs.segment import KIND as SEGMENT_KIND
 from cvserve.jobs.segment import SegmentHandler
 from cvserve.jobs.workers import WorkerPool
-from cvserve.models.store import ModelStore
 from cvserve.settings import Settings
+
+if TYPE_CHECKING:
+    from cvserve.engine import Engine
 
 
 class JobsService:
     def __init__(
         self,
         settings: Settings,
-        store: ModelStore,
+        engine: Engine,
         *,
         lease_ms: int = DEFAULT_LEASE_MS,
         poll_s: float = 1.0,
         grace_s: float = 10.0,
     ) -> None:
         self.settings = settings
-        self.store = store
+        self.engine = engine
         self.lease_ms = lease_ms
         self.poll_s = poll_s
         self.grace_s = grace_s
@@ -47,7 +50,7 @@ class JobsService:
             db = Database(data / DB_NAME)
             self._files = FileStore(db, data / "files")
             self._queue = JobQueue(db, lease_ms=self.lease_ms)
-            handlers = {SEGMENT_KIND: SegmentHandler(self.store, self._files, self.settings)}
+            handlers = {SEGMENT_KIND: SegmentHandler(self.engine, self._files, self.settings)}
             self._workers = WorkerPool(
                 self._queue,
                 handlers,

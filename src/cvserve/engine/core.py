@@ -1,0 +1,185 @@
+"""The Engine: every door's way to a model, with no HTTP in it.
+
+It owns model lookup and loading (off the request threads), the per-model admission bound,
+each model's lanes, the request deadline with ONNX Runtime cancellation, the metrics
+listeners, and the one decode -> preprocess -> predict -> render path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import numpy as np
+
+from cvserve.engine import pipeline, promptable
+from cvserve.engine.admission import Admission, Listener
+from cvserve.engine.deadline import time_left
+from cvserve.engine.lanes import Lanes
+from cvserve.engine.pipeline import Rendered
+from cvserve.engine.promptable import Prompt, PromptResult
+from cvserve.errors import BadRequest, DeadlineExceeded, ModelNotFound, Overloaded
+from cvserve.models.base import InferParams, Model, ModelInfo
+from cvserve.models.runtime import alone_hint, new_run_options, run_options
+from cvserve.models.sam import SamModel
+from cvserve.models.store import ModelStore, info_from_manifest, parse_model_id
+from cvserve.params import RenderOptions
+from cvserve.settings import Settings
+
+T = TypeVar("T")
+
+
+class Engine:
+    def __init__(self, settings: Settings, store: ModelStore) -> None:
+        self.settings = settings
+        self.store = store
+        self.admission = Admission(settings.max_queue + settings.lanes())
+        self.lanes = Lanes(settings.lanes())
+        # Loading runs on its own threads so a slow load never starves inference.
+        self._loader = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cvserve-load")
+
+    def add_listener(self, listener: Listener) -> None:
+        """Called once per admitted image: (model_id, outcome, queued_s, run_s)."""
+        self.admission.listeners.append(listener)
+
+    def close(self) -> None:
+        self.lanes.close()
+        self._loader.shutdown(wait=False, cancel_futures=True)
+
+    def time_left(self) -> float:
+        return time_left(self.settings.request_timeout_s)
+
+    # -- models --------------------------------------------------------------------------
+    def model_info(self, model_id: str) -> ModelInfo:
+        """Cheap metadata without loading the model (404 if it is not in the store)."""
+        loaded = self.store.loaded(model_id)
+        if loaded is not None:
+            return loaded.info
+        try:
+            parse_model_id(model_id)
+        except BadRequest:
+            raise ModelNotFound(f"model {model_id} not found") from None
+        if not self.store.exists(model_id):
+            raise ModelNotFound(
+                f"model {model_id} not found in the model store; add it with "
+                f"`cvserve models import PATH --id {model_id}` or `cvserve models pull NAME`"
+            )
+        return info_from_manifest(model_id, self.store.manifest(model_id))
+
+    async def model(self, model_id: str) -> Model:
+        """The loaded model; a load runs on the loader threads, within the deadline."""
+        model = self.store.loaded(model_id)
+        if model is not None:
+            return model
+        self.model_info(model_id)  # 404 before any loading
+        loop = asyncio.get_running_loop()
+        # Shielded: a request that gives up waiting leaves the load going for the next one.
+        future = loop.run_in_executor(self._loader, self.store.get, model_id)
+        try:
+            return await asyncio.wait_for(
+                asyncio.shield(future), timeout=max(0.0, self.time_left())
+            )
+        except asyncio.TimeoutError:
+            raise DeadlineExceeded(
+                f"model {model_id} is still loading after "
+                f"{self.settings.request_timeout_s:g} s; retry shortly"
+            ) from None
+
+    # -- the doors' calls ----------------------------------------------------------------
+    async def infer(
+        self,
+        model_id: str,
+        source: bytes | np.ndarray,
+        params: InferParams,
+        render: RenderOptions,
+    ) -> Rendered:
+        """One image through the model, admitted, on its lanes, within the deadline."""
+        model = await self.model(model_id)
+        return await self.run(
+            model_id, pipeline.infer, model, source, params, render, self.settings
+        )
+
+    def infer_now(
+        self,
+        model: Model,
+        source: bytes | np.ndarray,
+        params: InferParams,
+        render: RenderOptions,
+        *,
+        keep_pixels: bool = False,
+    ) -> Rendered:
+        """The same path on the caller's thread, for in-process callers with their own
+        concurrency (the predict CLI, the benchmark)."""
+        return pipeline.infer(model, source, params, render, self.settings, keep_pixels=keep_pixels)
+
+    async def segment(
+        self, model_id: str, key: str, load_image: Callable[[], np.ndarray], prompt: Prompt
+    ) -> PromptResult:
+        """A prompt on an image, admitted and on the SAM model's lanes like any request."""
+        model = promptable.promptable(await self.model(model_id), model_id)
+        return await self.run(model_id, promptable.segment, model, key, load_image, prompt)
+
+    def segment_now(
+        self, model_id: str, key: str, load_image: Callable[[], np.ndarray], prompt: Prompt
+    ) -> PromptResult:
+        """The same on the caller's thread (the job workers): loads the model if needed."""
+        return promptable.segment(self.promptable_model(model_id), key, load_image, prompt)
+
+    def promptable_model(self, model_id: str) -> SamModel:
+        """The model loaded on this thread, checked to be promptable (400 if not)."""
+        return promptable.promptable(self.store.get(model_id), model_id)
+
+    async def run(self, model_id: str, fn: Callable[..., T], *args: Any) -> T:
+        """fn(*args) on the model's lanes, admitted by the gate, within the deadline. Past
+        it: 504, and the ONNX Runtime run is told to stop."""
+        gate = self.admission
+        gate.enter(model_id)
+        options = new_run_options()
+        admitted = time.perf_counter()
+        timing = {"queued": 0.0, "run": 0.0}
+
+        def work() -> T:
+            begun = time.perf_counter()
+            timing["queued"] = begun - admitted
+            gate.started(model_id)
+            try:
+                with run_options(options), alone_hint(gate.alone):
+                    return fn(*args)
+            finally:
+                timing["run"] = time.perf_counter() - begun
+
+        def done(f: Future[T]) -> None:
+            ran = not f.cancelled()
+            gate.leave(model_id, ran=ran)
+            if not ran:
+                outcome = "cancelled"
+            elif options.terminate:
+                outcome = "deadline"
+            else:
+                outcome = "ok" if f.exception() is None else "error"
+            gate.notify(model_id, outcome, timing["queued"], timing["run"])
+
+        try:
+            job = self.lanes.executor(model_id).submit(work)
+        except RuntimeError:  # the lanes are closed: the server is stopping
+            gate.leave(model_id)
+            raise Overloaded("the server is shutting down; retry shortly") from None
+        job.add_done_callback(done)
+        try:
+            return await asyncio.wait_for(
+                asyncio.wrap_future(job), timeout=max(0.0, self.time_left())
+            )
+        except asyncio.TimeoutError:
+            options.terminate = True  # a queued job is dropped, a running one stops
+            job.cancel()
+            raise DeadlineExceeded(
+                f"inference on {model_id} did not finish within "
+                f"{self.settings.request_timeout_s:g} s"
+            ) from None
+        except asyncio.CancelledError:
+            options.terminate = True
+            job.cancel()
+            raise
