@@ -22,8 +22,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cvserve.models.importers import import_model
+from cvserve.models.keypoint_sets import COCO_SKELETON
+from cvserve.models.store import ModelStore
+from cvserve.render.annotate import PALETTE
 from tests.live_server import LiveServer, serve_subprocess, stop
-from tests.synthetic_store import DET_BOXES, SEG_BOX, build_store, sample_image
+from tests.synthetic import constant_model, peer_layout, ultralytics_meta, yolo_head
+from tests.synthetic_store import DET_BOXES, POSE_BOX, SEG_BOX, build_store, sample_image
 
 sync_api = pytest.importorskip(
     "playwright.sync_api", reason="the playwright package is not installed (pip install playwright)"
@@ -56,6 +61,15 @@ CHROMIUM_ARGS = [
 ]  # fmt: skip
 PERSON_RGB = np.array([255, 56, 56])
 KEY = "web-key"
+# A 5-landmark face model laid out like the zoo's `faces` (RetinaFace): its own names and
+# edges, which share indices 0..4 with COCO's nose/eyes/ears but not their meaning.
+FACE_NAMES = ["right_eye", "left_eye", "nose", "right_mouth", "left_mouth"]
+FACE_EDGES = [(0, 1), (0, 2), (1, 2), (2, 3), (2, 4), (3, 4)]
+FACE_BOX = (100, 100, 540, 560, 0.95)
+# Far apart, so each edge's midpoint lies off every other edge: (1, 3), the COCO edge
+# left_eye -> left_ear that a COCO skeleton would draw (here an eye to a mouth corner),
+# crosses the empty middle at (300, 325).
+FACE_POINTS = [(150, 150), (450, 150), (450, 350), (150, 500), (450, 500)]
 
 
 def photo(size: int = 640) -> np.ndarray:
@@ -82,11 +96,31 @@ def photo(size: int = 640) -> np.ndarray:
     return cv2.resize(np.ascontiguousarray(crop), (size, size), interpolation=cv2.INTER_AREA)
 
 
+def _face_models(store: ModelStore, work: Path) -> None:
+    """faces/1: five named landmarks with their own edges (the peer's layout, as a Roboflow
+    export carries them); marks/1: the same graph with no names or edges (no skeleton)."""
+    x1, y1, x2, y2, conf = FACE_BOX
+    extra = [v for x, y in FACE_POINTS for v in (x, y, 0.9)]
+    head = yolo_head([((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1)], [[conf]], [extra], 64)
+    onnx_path = constant_model(
+        work / "face.onnx", [head], metadata=ultralytics_meta("pose", ["face"], kpt_shape="[5, 3]")
+    )
+    folder = peer_layout(
+        work / "faces-peer", onnx_path, task="keypoint-detection", class_names=["face"],
+        keypoints=FACE_NAMES, edges=FACE_EDGES,
+    )  # fmt: skip
+    import_model(folder, "faces/1", store)
+    import_model(onnx_path, "marks/1", store)
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("web")
-    build_store(d / "store", d / "work", sam=True)
+    store = build_store(d / "store", d / "work", sam=True)
+    _face_models(store, d / "work")
     cv2.imwrite(str(d / "photo.jpg"), photo()[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 92])
+    # Flat grey: any red on it is the page's drawing.
+    cv2.imwrite(str(d / "grey.png"), np.full((640, 640, 3), 128, np.uint8))
     return d
 
 
@@ -112,13 +146,15 @@ def browser() -> Iterator[Any]:
 class Page:
     """A fresh page on the server's `/`, collecting JavaScript errors."""
 
-    def __init__(self, browser: Any, url: str) -> None:
+    def __init__(self, browser: Any, url: str, routes: dict[str, Any] | None = None) -> None:
         # bypass_csp lets Playwright's own helpers (wait_for_function) evaluate scripts;
         # the page's CSP itself is checked over plain HTTP below.
         self.context = browser.new_context(
             viewport={"width": 1440, "height": 900}, bypass_csp=True,
             permissions=["camera"],
         )  # fmt: skip
+        for pattern, handler in (routes or {}).items():
+            self.context.route(pattern, handler)
         self.page = self.context.new_page()
         self.errors: list[str] = []
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
@@ -163,6 +199,10 @@ class Page:
     def json_text(self) -> str:
         return self.page.inner_text("#json-output")
 
+    def drawn(self) -> dict[str, Any]:
+        """What the page's last drawing put on the canvas (its test hook)."""
+        return self.page.evaluate("window.cvserve.drawn()")
+
 
 @pytest.fixture
 def page(browser: Any, server_url: str) -> Iterator[Page]:
@@ -205,6 +245,22 @@ def test_page_and_assets_are_served(server_url: str) -> None:
     for name in ("index.html", "app.js", "style.css"):
         text = httpx.get(f"{server_url}/_web/{name}").text
         assert "https://" not in text and "http://" not in text, name
+
+
+def test_config_and_models_carry_what_the_page_draws_with(server_url: str) -> None:
+    config = httpx.get(f"{server_url}/_web/config.json").json()
+    assert config["palette"] == PALETTE.tolist()
+    assert config["keypoint_color_offset"] == 3
+    assert config["defaults"]["object-detection"] == {"confidence": 40, "overlap": 30}
+    assert config["defaults"]["classification"]["confidence"] == 50
+    models = {m["model_id"]: m for m in httpx.get(f"{server_url}/models").json()["models"]}
+    assert models["faces/1"]["keypoint_names"] == FACE_NAMES
+    assert models["faces/1"]["skeleton"] == [list(e) for e in FACE_EDGES]
+    assert models["marks/1"]["keypoint_names"] == ["0", "1", "2", "3", "4"]
+    assert models["marks/1"]["skeleton"] == []
+    assert models["pose/1"]["skeleton"] == [list(e) for e in COCO_SKELETON]
+    assert len(models["pose/1"]["keypoint_names"]) == 17
+    assert models["det/1"]["keypoint_names"] == [] and models["det/1"]["skeleton"] == []
 
 
 # -- detection -------------------------------------------------------------------------------
@@ -281,6 +337,87 @@ def test_webcam_streams_frames_to_the_model(page: Page) -> None:
     assert page.page.inner_text("#camera-label") == "Stop webcam"
     page.page.click("#camera-btn")
     assert page.page.inner_text("#camera-label") == "Use webcam"
+
+
+# -- keypoints -------------------------------------------------------------------------------
+def _has_colour(rgb: np.ndarray, scale: float, xy: tuple[float, float], colour: np.ndarray) -> bool:
+    x, y = int(round(xy[0] * scale)), int(round(xy[1] * scale))
+    patch = rgb[y - 3 : y + 4, x - 3 : x + 4].astype(int)
+    return bool((np.abs(patch - colour) <= 40).all(-1).any())
+
+
+def _mid(a: int, b: int) -> tuple[float, float]:
+    (xa, ya), (xb, yb) = FACE_POINTS[a], FACE_POINTS[b]
+    return (xa + xb) / 2, (ya + yb) / 2
+
+
+def test_faces_draw_their_own_five_points_and_edges(page: Page, workdir: Path) -> None:
+    page.pick("faces/1", workdir / "grey.png")
+    assert page.wait_items(1) == ["face"]
+    drawn = page.drawn()
+    points = {p["id"]: (p["name"], p["x"], p["y"]) for p in drawn["points"]}
+    assert points == {k: (FACE_NAMES[k], *FACE_POINTS[k]) for k in range(5)}
+    edges = [(e["from"], e["to"]) for e in drawn["edges"]]
+    assert edges == FACE_EDGES
+    assert (1, 3) not in edges  # COCO's left_eye-left_ear: here an eye to a mouth corner
+    assert "5 keypoints" in page.page.inner_text("#model-meta")
+    # The pixels agree: red (the face class's colour) along its own edges, none on (1, 3).
+    rgb, scale = page.canvas_pixels()
+    for a, b in FACE_EDGES:
+        assert _has_colour(rgb, scale, _mid(a, b), PERSON_RGB), (a, b)
+    assert not _has_colour(rgb, scale, _mid(1, 3), PERSON_RGB)
+    assert not _has_colour(rgb, scale, _mid(0, 3), PERSON_RGB)
+
+    page.pick("marks/1")  # the same landmarks, no skeleton: points only
+    page.page.wait_for_function("window.cvserve.drawn().points.length === 5", timeout=15_000)
+    drawn = page.drawn()
+    assert drawn["edges"] == []
+    assert [p["name"] for p in drawn["points"]] == ["0", "1", "2", "3", "4"]
+    rgb, scale = page.canvas_pixels()
+    for a, b in FACE_EDGES + [(1, 3)]:
+        assert not _has_colour(rgb, scale, _mid(a, b), PERSON_RGB), (a, b)
+
+
+def test_pose_skeleton_and_palette_come_from_the_server(
+    browser: Any, server_url: str, workdir: Path
+) -> None:
+    p = Page(browser, server_url)
+    try:
+        p.pick("pose/1", workdir / "grey.png")
+        assert p.wait_items(1) == ["person"]
+        drawn = p.drawn()
+        assert [(e["from"], e["to"]) for e in drawn["edges"]] == COCO_SKELETON
+        assert len(drawn["points"]) == 17 and drawn["points"][0]["name"] == "nose"
+        assert not p.errors, p.errors
+    finally:
+        p.close()
+
+    # The same page, told another skeleton and palette, draws those: nothing is built in.
+    def models(route: Any) -> None:
+        body = route.fetch().json()
+        for m in body["models"]:
+            if m["model_id"] == "pose/1":
+                m["skeleton"] = [[0, 16]]
+        route.fulfill(json=body)
+
+    def config(route: Any) -> None:
+        body = route.fetch().json()
+        body["palette"] = [[0, 255, 0]]
+        route.fulfill(json=body)
+
+    p = Page(browser, server_url, routes={"**/models": models, "**/_web/config.json": config})
+    try:
+        p.pick("pose/1", workdir / "grey.png")
+        assert p.wait_items(1) == ["person"]
+        assert [(e["from"], e["to"]) for e in p.drawn()["edges"]] == [(0, 16)]
+        rgb, scale = p.canvas_pixels()
+        x1, y1, x2, y2, _ = POSE_BOX
+        box = (x1, y1, x2, y2)
+        assert _edge_hits(rgb, scale, box, np.array([0, 255, 0])) > 0.9
+        assert _edge_hits(rgb, scale, box, PERSON_RGB) < 0.1
+        assert not p.errors, p.errors
+    finally:
+        p.close()
 
 
 # -- SAM -------------------------------------------------------------------------------------

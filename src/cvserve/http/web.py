@@ -2,7 +2,9 @@
 
 Plain HTML/JS/CSS from `cvserve/web/` (no build step, no CDN). Assets live under `/_web/`:
 a leading underscore can never start a model id, so they never shadow the hosted route.
-`/_web/config.json` tells the page whether API keys are required.
+`/_web/config.json` tells the page whether API keys are required, where SAM prompts go, and
+the annotator's palette; `/models` gives each model's classes, keypoint names and skeleton.
+The page copies none of it, so what it draws matches the server's `format=image`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from cvserve import __version__
 from cvserve.errors import ModelNotFound
 from cvserve.http.responses import json_response
 from cvserve.http.state import AppState
+from cvserve.models.base import InferParams, Task
+from cvserve.render.annotate import KEYPOINT_COLOR_OFFSET, PALETTE
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 ASSETS = {
@@ -60,6 +64,15 @@ def asset(name: str, request: Request) -> Response:
     return Response(data, media_type=media, headers=headers)
 
 
+def _slider_defaults() -> dict[str, dict[str, int]]:
+    """The hosted route's own defaults per task, in the page's percent sliders."""
+    out: dict[str, dict[str, int]] = {}
+    for task in Task:
+        d = InferParams.defaults_for(task)
+        out[task.value] = {"confidence": round(d.confidence * 100), "overlap": round(d.iou * 100)}
+    return out
+
+
 def build_router(state: AppState) -> APIRouter:
     router = APIRouter(tags=["web"], include_in_schema=False)
 
@@ -79,6 +92,11 @@ def build_router(state: AppState) -> APIRouter:
                 "version": __version__,
                 "keys_required": state.keys.required,
                 "sam_route": "/api/v1/projects/{project}/context/vision/segment/sync",
+                # Class i (box, mask, label, semantic id) is palette[i % len(palette)];
+                # keypoint k is palette[(k + keypoint_color_offset) % len(palette)].
+                "palette": PALETTE.tolist(),
+                "keypoint_color_offset": KEYPOINT_COLOR_OFFSET,
+                "defaults": _slider_defaults(),
             }
         )
 

@@ -7,7 +7,7 @@ EXIF-oriented; results come back in those pixels.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -63,6 +63,8 @@ class ModelInfo:
     family: str
     multilabel: bool = False
     source: dict[str, Any] | None = None  # package, version, licence, file
+    keypoint_names: list[str] = field(default_factory=list)
+    skeleton: list[tuple[int, int]] = field(default_factory=list)  # keypoint index pairs
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -73,6 +75,8 @@ class ModelInfo:
             "input_size": list(self.input_size) if self.input_size else None,
             "multilabel": self.multilabel,
             "source": self.source or {},
+            "keypoint_names": list(self.keypoint_names),
+            "skeleton": [[a, b] for a, b in self.skeleton],
         }
 
 

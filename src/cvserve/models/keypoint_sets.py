@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 COCO_KEYPOINTS = [
     "nose", "left_eye", "right_eye", "left_ear", "right_ear",
     "left_shoulder", "right_shoulder", "left_elbow", "right_elbow",
@@ -15,6 +17,17 @@ COCO_SKELETON = [
 ]  # fmt: skip
 
 
+# RetinaFace's five landmarks, in the network's output order.
+FACE_LANDMARKS = ["right_eye", "left_eye", "nose", "right_mouth", "left_mouth"]
+FACE_SKELETON = [(0, 1), (0, 2), (1, 2), (2, 3), (2, 4), (3, 4)]
+
+# Families whose graphs fix their keypoint layout; others go by `postprocess.kpt_shape`.
+FAMILY_LAYOUTS: dict[str, tuple[list[str], list[tuple[int, int]]]] = {
+    "movenet": (COCO_KEYPOINTS, COCO_SKELETON),
+    "retinaface": (FACE_LANDMARKS, FACE_SKELETON),
+}
+
+
 def default_names(count: int) -> list[str]:
     if count == len(COCO_KEYPOINTS):
         return list(COCO_KEYPOINTS)
@@ -23,3 +36,21 @@ def default_names(count: int) -> list[str]:
 
 def default_skeleton(count: int) -> list[tuple[int, int]]:
     return list(COCO_SKELETON) if count == len(COCO_KEYPOINTS) else []
+
+
+def keypoint_layout(
+    family: str,
+    names: list[str],
+    skeleton: list[tuple[int, int]],
+    postprocess: dict[str, Any],
+) -> tuple[list[str], list[tuple[int, int]]]:
+    """The keypoint names and skeleton edges a model is drawn with: its manifest's own, else
+    its family's fixed layout, else COCO's for 17 keypoints (and no edges otherwise)."""
+    fixed = FAMILY_LAYOUTS.get(family)
+    if fixed is not None:
+        default_n, default_s = list(fixed[0]), list(fixed[1])
+    else:
+        count = int((postprocess.get("kpt_shape") or [0])[0])
+        default_n, default_s = default_names(count), default_skeleton(count)
+    edges = [(int(a), int(b)) for a, b in skeleton]
+    return list(names) or default_n, edges or default_s

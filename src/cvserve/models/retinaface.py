@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from cvserve.models.base import InferParams
+from cvserve.models.keypoint_sets import FACE_LANDMARKS, FACE_SKELETON
 from cvserve.models.manifest import Manifest
 from cvserve.models.nms import nms
 from cvserve.models.onnx_model import OnnxModel
@@ -29,8 +30,8 @@ MIN_SIZES = ((16, 32), (64, 128), (256, 512))
 VARIANCES = (0.1, 0.2)
 # The landmark order of the reference implementation, named from the subject's point of
 # view like COCO keypoints (point 0 is the eye on the image's left: the subject's right).
-LANDMARK_NAMES = ["right_eye", "left_eye", "nose", "right_mouth", "left_mouth"]
-LANDMARK_EDGES = [(0, 1), (0, 2), (1, 2), (2, 3), (2, 4), (3, 4)]
+LANDMARK_NAMES = FACE_LANDMARKS
+LANDMARK_EDGES = FACE_SKELETON
 DEFAULT_MAX_SIDE = 1024
 
 

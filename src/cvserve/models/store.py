@@ -15,7 +15,8 @@ from pathlib import Path
 
 from cvserve.errors import BadRequest, ModelLoadError, ModelNotFound
 from cvserve.models import registry
-from cvserve.models.base import Model, ModelInfo
+from cvserve.models.base import Model, ModelInfo, Task
+from cvserve.models.keypoint_sets import keypoint_layout
 from cvserve.models.manifest import MANIFEST_NAME, Manifest
 from cvserve.models.runtime import RuntimeOptions
 
@@ -34,6 +35,12 @@ def parse_model_id(model_id: str) -> tuple[str, str]:
 
 def info_from_manifest(model_id: str, manifest: Manifest) -> ModelInfo:
     size = manifest.preprocess.size
+    names: list[str] = []
+    skeleton: list[tuple[int, int]] = []
+    if manifest.task is Task.KEYPOINT_DETECTION:
+        names, skeleton = keypoint_layout(
+            manifest.family, manifest.keypoint_names, manifest.skeleton, manifest.postprocess
+        )
     return ModelInfo(
         model_id=model_id,
         task=manifest.task,
@@ -42,6 +49,8 @@ def info_from_manifest(model_id: str, manifest: Manifest) -> ModelInfo:
         family=manifest.family,
         multilabel=manifest.multilabel,
         source=dict(manifest.source),
+        keypoint_names=names,
+        skeleton=skeleton,
     )
 
 

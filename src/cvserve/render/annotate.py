@@ -20,6 +20,8 @@ PALETTE = np.array(
     ],
     dtype=np.uint8,
 )  # fmt: skip
+# Keypoint k is drawn in colour(k + KEYPOINT_COLOR_OFFSET), so it stands out from its box.
+KEYPOINT_COLOR_OFFSET = 3
 
 
 def color(i: int) -> tuple[int, int, int]:
@@ -65,7 +67,8 @@ def draw_detections(
                     cv2.line(img, pa, pb, rgb, max(1, stroke), cv2.LINE_AA)
             for k, (kx, ky, kc) in enumerate(kps.tolist()):
                 if kc >= keypoint_confidence:
-                    cv2.circle(img, (int(kx), int(ky)), radius, color(k + 3), -1, cv2.LINE_AA)
+                    dot = color(k + KEYPOINT_COLOR_OFFSET)
+                    cv2.circle(img, (int(kx), int(ky)), radius, dot, -1, cv2.LINE_AA)
 
 
 def draw_semantic(img: np.ndarray, sem: SemanticMask) -> None:

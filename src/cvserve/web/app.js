@@ -1,21 +1,12 @@
 /* cvserve web page: pick a model, give it an image (file, drop, paste or webcam), and see
  * its answer drawn over the image, with the raw JSON beside it. Plain JS, no build step.
- * Talks to the same server: GET /models, POST /{dataset}/{version} (hosted route), and for
- * promptable (SAM) models POST /api/v1/projects/web/context/vision/segment/sync. */
+ * Talks to the same server: GET /_web/config.json (palette, SAM route), GET /models (classes,
+ * keypoint names and skeleton per model), POST /{dataset}/{version} (hosted route), and for
+ * promptable (SAM) models the config's SAM route. What the server knows, it is asked for. */
 "use strict";
 
 (() => {
-  // Same palette as cvserve.render.annotate, so a class keeps its colour everywhere.
-  const PALETTE = [
-    [255, 56, 56], [255, 157, 151], [255, 112, 31], [255, 178, 29], [207, 210, 49],
-    [72, 249, 10], [146, 204, 23], [61, 219, 134], [26, 147, 52], [0, 212, 187],
-    [44, 153, 168], [0, 194, 255], [52, 69, 147], [100, 115, 255], [0, 24, 236],
-    [132, 56, 255], [82, 0, 133], [203, 56, 255], [255, 149, 200], [255, 55, 199],
-  ];
-  const COCO_SKELETON = [
-    [15, 13], [13, 11], [16, 14], [14, 12], [11, 12], [5, 11], [6, 12], [5, 6], [5, 7],
-    [6, 8], [7, 9], [8, 10], [1, 2], [0, 1], [0, 2], [1, 3], [2, 4], [3, 5], [4, 6],
-  ];
+  const ACCENT = [79, 70, 229]; // the page's own colour (SAM segments, and no config)
   const DETECTION_TASKS = ["object-detection", "instance-segmentation", "keypoint-detection"];
   const SAM_TASK = "promptable-segmentation";
   const SAM_PROJECT = "web";
@@ -43,7 +34,9 @@
   const ctx = el.canvas.getContext("2d");
 
   const state = {
-    config: { keys_required: false },
+    // Replaced by GET /_web/config.json: the palette is the server annotator's, so a class
+    // keeps its colour between this page and `format=image`.
+    config: { keys_required: false, palette: [ACCENT], keypoint_color_offset: 0, sam_route: null },
     models: [],
     model: null, // the selected model's entry from GET /models
     image: null, // {source: drawable, width, height, blob, name, dataUrl?}
@@ -56,10 +49,15 @@
     busy: false,
     camera: null, // {stream, running}
     roundTripMs: 0,
+    // What the last drawCanvas() put on the canvas, for tests: window.cvserve.drawn().
+    drawn: { boxes: 0, points: [], edges: [] },
   };
 
   // -- helpers -----------------------------------------------------------------------------
-  const rgb = (i) => PALETTE[((i % PALETTE.length) + PALETTE.length) % PALETTE.length];
+  function rgb(i) {
+    const pal = state.config.palette;
+    return pal[((i % pal.length) + pal.length) % pal.length];
+  }
   const css = (c, a = 1) => `rgba(${c[0]}, ${c[1]}, ${c[2]}, ${a})`;
   const pct = (v) => `${(v * 100).toFixed(v >= 0.995 || v < 0.1 ? 1 : 0)}%`;
   const isSam = () => state.model && state.model.task_type === SAM_TASK;
@@ -190,6 +188,14 @@
     el.modelMeta.append(node("span", { class: "tag tag-task", text: task }));
     if (model.family) el.modelMeta.append(node("span", { class: "tag", text: model.family }));
     if (classes.length) el.modelMeta.append(node("span", { class: "tag", text: `${classes.length} class${classes.length === 1 ? "" : "es"}` }));
+    const kpNames = model.keypoint_names || [];
+    if (kpNames.length) {
+      const edges = (model.skeleton || []).length;
+      el.modelMeta.append(node("span", {
+        class: "tag", text: `${kpNames.length} keypoint${kpNames.length === 1 ? "" : "s"}`,
+        title: `${kpNames.join(", ")} · ${edges} skeleton edge${edges === 1 ? "" : "s"}`,
+      }));
+    }
     if (model.input_size) el.modelMeta.append(node("span", { class: "tag", text: `${model.input_size[0]}×${model.input_size[1]}` }));
     const detectionLike = DETECTION_TASKS.includes(task);
     el.paramsGroup.hidden = task === SAM_TASK;
@@ -201,8 +207,11 @@
     el.classesRow.hidden = !detectionLike || !classes.length;
     el.canvas.classList.toggle("prompting", task === SAM_TASK);
     el.cameraBtn.hidden = task === SAM_TASK;
-    const conf = task === "classification" || task === "semantic-segmentation" ? 50 : 40;
-    el.confidence.value = conf;
+    const defaults = (state.config.defaults || {})[task];
+    if (defaults) {
+      el.confidence.value = defaults.confidence;
+      el.overlap.value = defaults.overlap;
+    }
     updateOutputs();
     el.classesFilter.value = "";
     renderChips();
@@ -298,7 +307,8 @@
           return;
         }
         if (!image.dataUrl) image.dataUrl = await blobToDataUrl(image.blob);
-        body = await api(`/api/v1/projects/${SAM_PROJECT}/context/vision/segment/sync`, {
+        if (!state.config.sam_route) throw new Error("the server names no SAM route");
+        body = await api(state.config.sam_route.replace("{project}", SAM_PROJECT), {
           method: "POST",
           headers: { "Content-Type": "application/json" },
           body: JSON.stringify({ image: image.dataUrl, points: state.points, pixels: true, model: model.model_id }),
@@ -396,28 +406,32 @@
         ctx.lineWidth = hot ? lw * 2 : lw;
         ctx.strokeStyle = css(color);
         ctx.strokeRect(x1, y1, p.width, p.height);
+        state.drawn.boxes += 1;
       }
-      if (p.keypoints && p.keypoints.length) drawKeypoints(p.keypoints, color, s);
+      if (p.keypoints && p.keypoints.length) drawKeypoints(p.keypoints, color, s, i);
       if (el.showLabels.checked) drawLabel(`${p.class} ${pct(p.confidence)}`, x1 - lw / 2, y1 - lw / 2, color, s);
     });
   }
 
-  function drawKeypoints(kps, color, s) {
+  // The skeleton is the model's own, from GET /models (none: points only); an edge is drawn
+  // when the answer kept both of its keypoints, as the server's annotator does.
+  function drawKeypoints(kps, color, s, prediction) {
     const byId = new Map(kps.map((k) => [k.class_id, k]));
+    const names = (state.model && state.model.keypoint_names) || [];
     const r = Math.max(3, Math.round(3.5 * s));
-    if (kps.length && Math.max(...kps.map((k) => k.class_id)) < 17) {
-      ctx.lineWidth = Math.max(2, Math.round(2 * s));
-      ctx.strokeStyle = css(color, 0.9);
-      for (const [a, b] of COCO_SKELETON) {
-        const ka = byId.get(a), kb = byId.get(b);
-        if (!ka || !kb) continue;
-        ctx.beginPath(); ctx.moveTo(ka.x, ka.y); ctx.lineTo(kb.x, kb.y); ctx.stroke();
-      }
+    ctx.lineWidth = Math.max(2, Math.round(2 * s));
+    ctx.strokeStyle = css(color, 0.9);
+    for (const [a, b] of (state.model && state.model.skeleton) || []) {
+      const ka = byId.get(a), kb = byId.get(b);
+      if (!ka || !kb) continue;
+      ctx.beginPath(); ctx.moveTo(ka.x, ka.y); ctx.lineTo(kb.x, kb.y); ctx.stroke();
+      state.drawn.edges.push({ prediction, from: a, to: b });
     }
     for (const k of kps) {
+      state.drawn.points.push({ prediction, id: k.class_id, name: names[k.class_id] ?? k.class, x: k.x, y: k.y });
       ctx.beginPath();
       ctx.arc(k.x, k.y, r, 0, Math.PI * 2);
-      ctx.fillStyle = css(rgb(k.class_id + 3));
+      ctx.fillStyle = css(rgb(k.class_id + state.config.keypoint_color_offset));
       ctx.fill();
       ctx.lineWidth = Math.max(1, r / 3);
       ctx.strokeStyle = "#fff";
@@ -445,14 +459,13 @@
 
   function drawSam(body, s) {
     const opacity = Number(el.opacity.value) / 100;
-    const accent = [79, 70, 229];
     for (const seg of (body && body.segments) || []) {
       ctx.beginPath();
       for (const poly of seg.polygons || []) {
         (poly.vertices || []).forEach((v, j) => (j ? ctx.lineTo(v.x, v.y) : ctx.moveTo(v.x, v.y)));
         ctx.closePath();
       }
-      ctx.fillStyle = css(accent, Math.max(0.25, opacity));
+      ctx.fillStyle = css(ACCENT, Math.max(0.25, opacity));
       ctx.fill("evenodd");
       ctx.lineWidth = Math.max(2, Math.round(2 * s));
       ctx.strokeStyle = "#fff";
@@ -475,6 +488,7 @@
     el.empty.hidden = !!img;
     el.canvas.hidden = !img;
     el.download.disabled = !img;
+    state.drawn = { boxes: 0, points: [], edges: [] };
     if (!img) return;
     if (el.canvas.width !== img.width || el.canvas.height !== img.height) {
       el.canvas.width = img.width;
@@ -522,7 +536,7 @@
       (body.segments || []).forEach((seg, i) => {
         count += 1;
         const polys = (seg.polygons || []).length;
-        el.predictions.append(predItem(`segment ${i + 1}`, [79, 70, 229], seg.score, `${polys} polygon${polys === 1 ? "" : "s"} · ${state.points.length} point${state.points.length === 1 ? "" : "s"}`));
+        el.predictions.append(predItem(`segment ${i + 1}`, ACCENT, seg.score, `${polys} polygon${polys === 1 ? "" : "s"} · ${state.points.length} point${state.points.length === 1 ? "" : "s"}`));
       });
     } else if (body && body.segmentation_mask) {
       const map = body.class_map || {};
@@ -780,13 +794,17 @@
     updateOutputs();
     el.apiKey.value = apiKey();
     try {
-      state.config = await api("/_web/config.json");
+      state.config = Object.assign({}, state.config, await api("/_web/config.json"));
     } catch (_) { /* older server: assume no keys */ }
     el.keyBox.hidden = !state.config.keys_required;
     await loadModels();
     renderAll();
     document.body.dataset.ready = "true";
   }
+
+  // A read-only look at the last drawing (boxes counted; keypoints and skeleton edges as
+  // drawn), so a test can check what the page drew without reading pixels.
+  window.cvserve = Object.freeze({ drawn: () => JSON.parse(JSON.stringify(state.drawn)) });
 
   init();
 })();
