@@ -30,9 +30,8 @@ from PIL import Image
 from cvserve.errors import BadRequest, ModelLoadError
 from cvserve.models import registry
 from cvserve.models.base import InferParams, Model, ModelInfo, Task
-from cvserve.models.manifest import Manifest
+from cvserve.models.manifest import Manifest, info_from_manifest
 from cvserve.models.runtime import RuntimeOptions, SessionPool
-from cvserve.models.store import info_from_manifest
 from cvserve.results import Prediction
 
 PIXEL_MEAN = np.array([123.675, 116.28, 103.53], np.float32)
