@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from cvserve.errors import BadRequest
-from cvserve.jobs.polygons import outlines, segments_json
+from cvserve.jobs.polygons import segments_json
+from cvserve.masks import outlines
 from cvserve.models.base import InferParams
 from cvserve.models.runtime import RuntimeOptions
 from cvserve.models.sam import (
