@@ -24,7 +24,7 @@ from cvserve.jobs.polygons import segments_json
 from cvserve.jobs.queue import Job
 from cvserve.jobs.workers import Outcome
 from cvserve.models.base import Model
-from cvserve.models.sam import SamModel
+from cvserve.models.promptable import PromptableModel
 from cvserve.models.store import ModelStore
 from cvserve.settings import Settings
 
@@ -127,7 +127,7 @@ class PromptResult:
 
 
 def run_prompt(
-    model: SamModel,
+    model: PromptableModel,
     key: str,
     load_image: Callable[[], np.ndarray],
     points: list[Point],
@@ -149,9 +149,9 @@ def run_prompt(
     return PromptResult(mask, score, emb.width, emb.height, cached, time.perf_counter() - t0)
 
 
-def sam_model(store: ModelStore, model_id: str) -> SamModel:
+def sam_model(store: ModelStore, model_id: str) -> PromptableModel:
     model: Model = store.get(model_id)
-    if not isinstance(model, SamModel):
+    if not isinstance(model, PromptableModel):
         raise BadRequest(f"model {model_id} is not a promptable (SAM) segmentation model")
     return model
 
