@@ -189,3 +189,15 @@ def test_layer_imports_nothing_above_it(
         pytest.skip(f"{layer} does not exist yet")
     bad = violations(layer, forbidden, packages)
     assert not bad, f"{layer} reaches what it must not:\n  " + "\n  ".join(bad)
+
+
+@pytest.mark.parametrize("word", ["/api/", "context/vision", "route"])
+def test_model_code_names_no_http_route(word: str) -> None:
+    """Models know no door: what a route is called is the HTTP layer's business."""
+    hits = [
+        f"{path.relative_to(SRC)}:{n}"
+        for path in sorted((SRC / PACKAGE / "models").rglob("*.py"))
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if word in line.lower()
+    ]
+    assert not hits, f"{word!r} in model code: " + ", ".join(hits)
