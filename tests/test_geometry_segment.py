@@ -174,7 +174,7 @@ def test_rle_decodes_to_the_same_mask(tmp_path, store, make_client):
 
 def test_rle_roundtrip_against_pycocotools_encoder():
     """Our RLE writer matches pycocotools' encoder byte for byte on awkward masks."""
-    from cvserve.models.masks import rle_encode
+    from cvserve.masks import rle_encode
     from cvserve.results import BoxMask
 
     rng = np.random.default_rng(1)
@@ -199,7 +199,7 @@ def test_rle_matches_pycocotools_on_random_and_full_hd_masks():
     masks on a 1920x1080 image: long runs, many counts, negative count differences."""
     import cv2
 
-    from cvserve.models.masks import rle_encode
+    from cvserve.masks import rle_encode
     from cvserve.results import BoxMask
 
     rng = np.random.default_rng(0)

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cvserve.models.masks import proto_masks, sample_every_pixel
 from cvserve.models.preprocess import Transform, letterbox_geometry
+from cvserve.models.yolo_masks import proto_masks, sample_every_pixel
 
 
 def _letterbox_transform(width: int, height: int, in_w: int, in_h: int) -> Transform:
@@ -107,7 +107,7 @@ def test_both_logit_strategies_give_each_window_its_own_logits():
     """Big windows read one product over the whole grid, small ones multiply their own
     window; either way instance i's window holds coef_i . protos at those cells (float64
     reference), and the two strategies agree."""
-    from cvserve.models.masks import _logits
+    from cvserve.models.yolo_masks import _logits
 
     rng = np.random.default_rng(11)
     protos = rng.standard_normal((32, 40, 56)).astype(np.float32)

@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 
 from cvserve.errors import BadRequest
-from cvserve.jobs.polygons import outlines, segments_json
+from cvserve.jobs.polygons import segments_json
+from cvserve.masks import outlines
 from cvserve.models.base import InferParams
+from cvserve.models.promptable import PromptableModel, PromptsRequired
 from cvserve.models.runtime import RuntimeOptions
 from cvserve.models.sam import (
     PIXEL_MEAN,
@@ -106,6 +108,14 @@ def test_point_and_box_masks_match_the_synthetic_decoder(sam_root: Path) -> None
 def test_predict_needs_prompts(sam_root: Path) -> None:
     with pytest.raises(BadRequest):
         load(sam_root).predict(image(), InferParams())
+
+
+def test_sam_is_a_promptable_model_whose_predict_refuses(sam_root: Path) -> None:
+    model = load(sam_root)
+    assert isinstance(model, PromptableModel)
+    with pytest.raises(PromptsRequired, match="points or a box") as e:
+        model.predict(image(), InferParams())
+    assert e.value.status == 400 and "/" not in e.value.message.replace(MODEL_ID, "")
 
 
 def test_second_prompt_on_the_same_image_is_5x_faster(sam_root: Path) -> None:

@@ -254,13 +254,13 @@ def models_quantize(
     replace: bool = typer.Option(False, "--replace", help="Overwrite an existing -int8 model."),
 ) -> None:  # fmt: skip
     """Write an int8 variant as DATASET/VERSION-int8; report its speed-up and agreement."""
-    from cvserve.models.quantize import (
+    from cvserve.models.store import ModelStore
+    from cvserve.tools.quantize import (
         default_photos,
         photos_from,
         quantize_model,
         runtime_for_quantize,
     )
-    from cvserve.models.store import ModelStore
 
     settings = _settings(models_dir=models_dir)
     try:

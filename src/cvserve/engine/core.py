@@ -23,9 +23,11 @@ from cvserve.engine.pipeline import Rendered
 from cvserve.engine.promptable import Prompt, PromptResult
 from cvserve.errors import BadRequest, DeadlineExceeded, ModelNotFound, Overloaded
 from cvserve.models.base import InferParams, Model, ModelInfo
+from cvserve.models.ids import parse_model_id
+from cvserve.models.manifest import info_from_manifest
+from cvserve.models.promptable import PromptableModel
 from cvserve.models.runtime import alone_hint, new_run_options, run_options
-from cvserve.models.sam import SamModel
-from cvserve.models.store import ModelStore, info_from_manifest, parse_model_id
+from cvserve.models.store import ModelStore
 from cvserve.params import RenderOptions
 from cvserve.settings import Settings
 
@@ -128,7 +130,7 @@ class Engine:
         """The same on the caller's thread (the job workers): loads the model if needed."""
         return promptable.segment(self.promptable_model(model_id), key, load_image, prompt)
 
-    def promptable_model(self, model_id: str) -> SamModel:
+    def promptable_model(self, model_id: str) -> PromptableModel:
         """The model loaded on this thread, checked to be promptable (400 if not)."""
         return promptable.promptable(self.store.get(model_id), model_id)
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from cvserve.errors import BadRequest
 from cvserve.models.base import Model
-from cvserve.models.sam import SamModel
+from cvserve.models.promptable import PromptableModel
 
 
 @dataclass(frozen=True)
@@ -32,15 +32,15 @@ class PromptResult:
     seconds: float
 
 
-def promptable(model: Model, model_id: str) -> SamModel:
+def promptable(model: Model, model_id: str) -> PromptableModel:
     """`model` as a promptable model, or 400 when it is not one."""
-    if not isinstance(model, SamModel):
+    if not isinstance(model, PromptableModel):
         raise BadRequest(f"model {model_id} is not a promptable (SAM) segmentation model")
     return model
 
 
 def segment(
-    model: SamModel, key: str, load_image: Callable[[], np.ndarray], prompt: Prompt
+    model: PromptableModel, key: str, load_image: Callable[[], np.ndarray], prompt: Prompt
 ) -> PromptResult:
     """Embed (cached under `key`; the image is only decoded on a miss), then decode a mask."""
     t0 = time.perf_counter()

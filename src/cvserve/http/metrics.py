@@ -1,4 +1,4 @@
-"""Prometheus metrics at GET /metrics, in a per-app registry (never the process-global one).
+"""Prometheus metrics (served at GET /metrics), in a per-app registry (never the process-global one).
 
 Requests by route and status, latency by route, per-model queue wait, inference time and
 outcomes (fed by the engine's admission listeners), queue depth and requests running,
@@ -7,13 +7,9 @@ loaded models, and jobs by status.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
-from fastapi import APIRouter
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Histogram,
@@ -21,15 +17,10 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from starlette.requests import Request
-from starlette.responses import Response
 
 from cvserve.engine import Engine
 from cvserve.jobs.service import JobsService
 from cvserve.models.store import ModelStore
-
-if TYPE_CHECKING:
-    from cvserve.http.state import AppState
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 JOB_STATUSES = ("Queued", "Running", "Completed", "Failed")
@@ -127,16 +118,3 @@ class _LiveGauges(Collector):
             return {str(k): int(v) for k, v in self.jobs.queue.counts().items()}
         except Exception:  # a scrape must not fail because the jobs database is busy
             return None
-
-
-def build_router(state: AppState) -> APIRouter:
-    router = APIRouter(tags=["system"])
-
-    @router.get("/metrics", summary="Prometheus metrics")
-    async def prometheus_metrics(request: Request) -> Response:
-        state.keys.check(request)
-        # Off the event loop: the jobs gauge reads SQLite, which may wait on a writer.
-        body = await asyncio.to_thread(state.metrics.exposition)
-        return Response(body, media_type=CONTENT_TYPE_LATEST)
-
-    return router

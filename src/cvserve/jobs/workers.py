@@ -56,7 +56,6 @@ class WorkerPool:
         self._threads: list[threading.Thread] = []
         self._active: dict[int, int] = {}  # job id -> attempt, for heartbeats and release
         self._active_lock = threading.Lock()
-        self.processed = 0
 
     @property
     def running(self) -> bool:
@@ -128,7 +127,6 @@ class WorkerPool:
                 log.warning(
                     "job %d attempt %d: result discarded (job re-claimed)", job.id, job.attempt
                 )
-            self.processed += 1
         except Exception:
             log.exception("job %d: could not record its outcome", job.id)
         finally:

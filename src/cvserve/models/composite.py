@@ -17,9 +17,9 @@ import numpy as np
 from cvserve.errors import ModelLoadError
 from cvserve.models import registry
 from cvserve.models.base import InferParams, Model, Task
-from cvserve.models.manifest import Manifest
+from cvserve.models.ids import parse_model_id
+from cvserve.models.manifest import Manifest, info_from_manifest
 from cvserve.models.runtime import RuntimeOptions
-from cvserve.models.store import info_from_manifest, parse_model_id
 from cvserve.results import BoxMask, Detections, Prediction
 
 

@@ -13,8 +13,8 @@ import onnxruntime as ort
 
 from cvserve.errors import BadRequest, ModelLoadError
 from cvserve.models.base import ModelInfo, Task
-from cvserve.models.manifest import MANIFEST_NAME, Manifest, Preprocess
-from cvserve.models.store import ModelStore, info_from_manifest
+from cvserve.models.manifest import MANIFEST_NAME, Manifest, Preprocess, info_from_manifest
+from cvserve.models.store import ModelStore
 
 _ULTRALYTICS_TASKS = {
     "detect": Task.OBJECT_DETECTION,

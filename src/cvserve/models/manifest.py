@@ -14,7 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cvserve.errors import ModelLoadError
-from cvserve.models.base import Task
+from cvserve.models.base import ModelInfo, Task
+from cvserve.models.keypoint_sets import keypoint_layout
 
 MANIFEST_NAME = "cvserve.json"
 
@@ -73,3 +74,25 @@ class Manifest(BaseModel):
     def write(self, folder: Path) -> None:
         data = self.model_dump(mode="json", exclude_defaults=False)
         (folder / MANIFEST_NAME).write_text(json.dumps(data, indent=2) + "\n")
+
+
+def info_from_manifest(model_id: str, manifest: Manifest) -> ModelInfo:
+    """What a model folder's manifest tells about it, without loading any weights."""
+    size = manifest.preprocess.size
+    names: list[str] = []
+    skeleton: list[tuple[int, int]] = []
+    if manifest.task is Task.KEYPOINT_DETECTION:
+        names, skeleton = keypoint_layout(
+            manifest.family, manifest.keypoint_names, manifest.skeleton, manifest.postprocess
+        )
+    return ModelInfo(
+        model_id=model_id,
+        task=manifest.task,
+        class_names=list(manifest.class_names),
+        input_size=(int(size[0]), int(size[1])) if size else None,
+        family=manifest.family,
+        multilabel=manifest.multilabel,
+        source=dict(manifest.source),
+        keypoint_names=names,
+        skeleton=skeleton,
+    )

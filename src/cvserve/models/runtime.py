@@ -202,10 +202,6 @@ class SessionPool:
         self.output_names = [o.name for o in self.outputs]
         self.metadata: dict[str, str] = dict(first.get_modelmeta().custom_metadata_map)
 
-    @property
-    def lanes(self) -> int:
-        return len(self._sessions)
-
     def input_dtype(self, index: int = 0) -> type:
         return _ORT_DTYPES.get(self.inputs[index].type, np.float32)
 

@@ -9,17 +9,13 @@ The ONNX pair follows segment-anything's standard export:
   `mask_input` [1, 1, 256, 256], `has_mask_input` [1], `orig_im_size` [2] (h, w); outputs
   `masks` (logits at the original size), `iou_predictions`, `low_res_masks`.
 
-Like segment-anything's `SamPredictor`, the costly embedding is computed once per image and
-kept in an LRU cache keyed by the caller (file id + content hash), so every further prompt on
-the same image only runs the decoder.
+A `PromptableModel`: like segment-anything's `SamPredictor`, the costly embedding is
+computed once per image and kept in an LRU cache keyed by the caller (file id + content
+hash), so every further prompt on the same image only runs the decoder.
 """
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
-from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,11 +25,10 @@ from PIL import Image
 
 from cvserve.errors import BadRequest, ModelLoadError
 from cvserve.models import registry
-from cvserve.models.base import InferParams, Model, ModelInfo, Task
-from cvserve.models.manifest import Manifest
+from cvserve.models.base import ModelInfo, Task
+from cvserve.models.manifest import Manifest, info_from_manifest
+from cvserve.models.promptable import Embedding, EmbeddingCache, PromptableModel
 from cvserve.models.runtime import RuntimeOptions, SessionPool
-from cvserve.models.store import info_from_manifest
-from cvserve.results import Prediction
 
 PIXEL_MEAN = np.array([123.675, 116.28, 103.53], np.float32)
 PIXEL_STD = np.array([58.395, 57.12, 57.375], np.float32)
@@ -51,12 +46,10 @@ _DECODER_INPUTS = (
 
 
 @dataclass(frozen=True)
-class SamEmbedding:
-    """The encoder's output for one image, with the geometry needed to map prompts into it."""
+class SamEmbedding(Embedding):
+    """The encoder's output for one image (`embedding` float32 [1, 256, 64, 64]), with the
+    geometry needed to map prompts into it."""
 
-    embedding: np.ndarray  # float32 [1, 256, 64, 64]
-    height: int  # original image size
-    width: int
     resized_height: int  # the image's size inside the encoder's square input
     resized_width: int
 
@@ -116,62 +109,7 @@ def prompt_arrays(
     return xy[None], np.concatenate(labs)[None]
 
 
-class EmbeddingCache:
-    """Thread-safe LRU of embeddings; concurrent misses on one key compute it once."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = max(0, capacity)
-        self._items: OrderedDict[str, SamEmbedding] = OrderedDict()
-        self._pending: dict[str, Future[SamEmbedding]] = {}
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
-
-    def get_or_compute(self, key: str, compute: Callable[[], SamEmbedding]) -> SamEmbedding:
-        with self._lock:
-            found = self._items.get(key)
-            if found is not None:
-                self._items.move_to_end(key)
-                self.hits += 1
-                return found
-            pending = self._pending.get(key)
-            if pending is None:
-                self.misses += 1
-                mine: Future[SamEmbedding] = Future()
-                self._pending[key] = mine
-        if pending is not None:  # another thread is encoding this image: share its result
-            result = pending.result()
-            with self._lock:
-                self.hits += 1
-            return result
-        try:
-            emb = compute()
-        except BaseException as e:
-            with self._lock:
-                self._pending.pop(key, None)
-            mine.set_exception(e)
-            raise
-        with self._lock:
-            self._pending.pop(key, None)
-            if self.capacity:
-                self._items[key] = emb
-                while len(self._items) > self.capacity:
-                    self._items.popitem(last=False)
-        mine.set_result(emb)
-        return emb
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._items
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-
-
-class SamModel(Model):
+class SamModel(PromptableModel[SamEmbedding]):
     def __init__(
         self,
         info: ModelInfo,
@@ -199,22 +137,14 @@ class SamModel(Model):
 
     # -- encoder ------------------------------------------------------------------------
     def embed(self, image: np.ndarray) -> SamEmbedding:
-        """Run the encoder on one RGB uint8 image (H, W, 3). The costly step (~0.7 s on CPU)."""
+        """See `PromptableModel.embed`: RGB uint8 (H, W, 3) -> the encoder's output for it.
+        The costly step (MobileSAM: ~0.7 s on CPU)."""
         if image.ndim != 3 or image.shape[2] != 3:
             raise BadRequest("SAM needs an RGB image")
         x, nh, nw = encoder_input(image, self.input_size)
         (emb,) = self.encoder.run({self._encoder_input: x})[:1]
         h, w = image.shape[:2]
         return SamEmbedding(np.ascontiguousarray(emb, np.float32), h, w, nh, nw)
-
-    def embed_cached(self, key: str, image: np.ndarray | Callable[[], np.ndarray]) -> SamEmbedding:
-        """`embed`, remembered under a caller-chosen key (e.g. file id + content hash).
-
-        `image` may be a zero-argument callable, so a cache hit skips decoding the file.
-        """
-        return self.cache.get_or_compute(
-            key, lambda: self.embed(image() if callable(image) else image)
-        )
 
     # -- decoder ------------------------------------------------------------------------
     def segment(
@@ -224,10 +154,8 @@ class SamModel(Model):
         labels: np.ndarray | None = None,
         box: np.ndarray | None = None,
     ) -> tuple[np.ndarray, float]:
-        """One mask for the prompts (points (N, 2) and box (4,) xyxy, image pixels).
-
-        Returns (bool mask (H, W) at the original image size, predicted IoU score).
-        """
+        """See `PromptableModel.segment`: points (N, 2) and box (4,) xyxy in image pixels
+        -> (bool mask (H, W) at the original image size, predicted IoU score)."""
         coords, labs = prompt_arrays(embedding, points, labels, box)
         feeds = {
             "image_embeddings": embedding.embedding,
@@ -254,15 +182,6 @@ class SamModel(Model):
             )
         score = float(ious[best]) if ious.size else 0.0
         return logits > 0, score
-
-    def close(self) -> None:
-        self.cache.clear()  # embeddings are 4 MiB each: free them with the model
-
-    def predict(self, image: np.ndarray, params: InferParams) -> Prediction:
-        raise BadRequest(
-            "this model is promptable: it needs points or a box; "
-            "use POST /api/v1/projects/{project}/context/vision/segment"
-        )
 
 
 @registry.family("sam")

@@ -7,7 +7,6 @@ loop, under a per-model lock, so loading one model never blocks requests to anot
 from __future__ import annotations
 
 import contextlib
-import re
 import shutil
 import tempfile
 import threading
@@ -15,43 +14,10 @@ from pathlib import Path
 
 from cvserve.errors import BadRequest, ModelLoadError, ModelNotFound
 from cvserve.models import registry
-from cvserve.models.base import Model, ModelInfo, Task
-from cvserve.models.keypoint_sets import keypoint_layout
-from cvserve.models.manifest import MANIFEST_NAME, Manifest
+from cvserve.models.base import Model, ModelInfo
+from cvserve.models.ids import parse_model_id
+from cvserve.models.manifest import MANIFEST_NAME, Manifest, info_from_manifest
 from cvserve.models.runtime import RuntimeOptions
-
-_ID_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
-
-
-def parse_model_id(model_id: str) -> tuple[str, str]:
-    """'dataset/version' -> (dataset, version); both url-safe, no path tricks."""
-    parts = model_id.strip("/").split("/")
-    if len(parts) != 2 or not all(_ID_PART.match(p) and p not in (".", "..") for p in parts):
-        raise BadRequest(
-            f"invalid model id {model_id!r}: expected DATASET/VERSION (url-safe names)"
-        )
-    return parts[0], parts[1]
-
-
-def info_from_manifest(model_id: str, manifest: Manifest) -> ModelInfo:
-    size = manifest.preprocess.size
-    names: list[str] = []
-    skeleton: list[tuple[int, int]] = []
-    if manifest.task is Task.KEYPOINT_DETECTION:
-        names, skeleton = keypoint_layout(
-            manifest.family, manifest.keypoint_names, manifest.skeleton, manifest.postprocess
-        )
-    return ModelInfo(
-        model_id=model_id,
-        task=manifest.task,
-        class_names=list(manifest.class_names),
-        input_size=(int(size[0]), int(size[1])) if size else None,
-        family=manifest.family,
-        multilabel=manifest.multilabel,
-        source=dict(manifest.source),
-        keypoint_names=names,
-        skeleton=skeleton,
-    )
 
 
 class ModelStore:

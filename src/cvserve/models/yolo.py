@@ -17,11 +17,11 @@ from cvserve.errors import ModelLoadError
 from cvserve.models.base import InferParams, Task
 from cvserve.models.keypoint_sets import default_names, default_skeleton
 from cvserve.models.manifest import Manifest
-from cvserve.models.masks import clip_box_masks, proto_masks
 from cvserve.models.nms import nms
 from cvserve.models.onnx_model import OnnxModel
 from cvserve.models.registry import family
 from cvserve.models.runtime import RuntimeOptions
+from cvserve.models.yolo_masks import clip_box_masks, proto_masks
 from cvserve.results import Detections, Prediction
 
 MAX_CANDIDATES = 30_000  # Ultralytics' max_nms: cap on boxes entering NMS

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from cvserve.images import encode_png
-from cvserve.models.masks import outline, rle_encode
+from cvserve.masks import outline, rle_encode
 from cvserve.params import RenderOptions
 from cvserve.results import Classification, Detections, Prediction, SemanticMask
 

@@ -7,8 +7,9 @@ photo, and installs it into the store as `NAME/1`. `CATALOG` lists what can be p
 """
 
 from cvserve.zoo import progress
-from cvserve.zoo.base import STEPS, Entry, ProgressCallback, ZooError
+from cvserve.zoo.base import STEPS, Entry, ProgressCallback
 from cvserve.zoo.catalog import CATALOG, DEFAULT_SET
+from cvserve.zoo.errors import ZooError
 from cvserve.zoo.pull import pull
 
 __all__ = [

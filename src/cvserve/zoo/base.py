@@ -1,33 +1,25 @@
-"""What every zoo source shares: the catalog entry, the build context, progress, errors."""
+"""What every zoo source shares: the catalog entry, the build context, progress."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
-from cvserve.errors import CVServeError
 from cvserve.models import registry
 from cvserve.models.base import Model, Task
 from cvserve.models.manifest import Manifest
 from cvserve.models.runtime import RuntimeOptions
 from cvserve.models.store import ModelStore
-
-if TYPE_CHECKING:  # both import ZooError from here
-    from cvserve.zoo.packages import PackageCache
-    from cvserve.zoo.tooling import Tooling
+from cvserve.zoo.errors import ZooError
+from cvserve.zoo.packages import PackageCache
+from cvserve.zoo.tooling import Tooling
 
 # The steps a pull reports, in order ("tooling" only for models that need a converter).
 STEPS = ("download", "tooling", "convert", "verify", "install")
-
-
-class ZooError(CVServeError):
-    """A pull failed: download, conversion, or the check on a known photo."""
-
-    status = 500
 
 
 class ProgressCallback(Protocol):

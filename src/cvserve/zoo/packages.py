@@ -21,7 +21,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from cvserve.zoo.base import ZooError
+from cvserve.zoo.errors import ZooError
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.=+\-]+")
 DOWNLOAD_TIMEOUT_S = 1800

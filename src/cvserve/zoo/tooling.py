@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from cvserve.zoo.base import ZooError
+from cvserve.zoo.errors import ZooError
 
 SCRIPTS = Path(__file__).parent / "scripts"
 INSTALL_TIMEOUT_S = 3600

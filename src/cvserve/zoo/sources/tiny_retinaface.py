@@ -10,7 +10,8 @@ from pathlib import Path
 from cvserve.models.base import InferParams, Task
 from cvserve.models.manifest import Manifest, Preprocess
 from cvserve.models.retinaface import LANDMARK_EDGES, LANDMARK_NAMES
-from cvserve.zoo.base import BuildContext, ZooError, require
+from cvserve.zoo.base import BuildContext, require
+from cvserve.zoo.errors import ZooError
 from cvserve.zoo.packages import read_member
 
 

@@ -1,4 +1,5 @@
-"""Instance masks: prototype masks -> per-box bitmaps, outlines, and COCO RLE.
+"""YOLO instance masks: prototype masks -> per-box bitmaps, exactly as Ultralytics samples
+them. (What a mask becomes on the wire, outlines and COCO RLE, is `cvserve.masks`.)
 
 Masks are computed only inside their boxes (a 1920x1080 image with 100 instances never
 allocates 100 full-size planes), which keeps post-processing in the millisecond range.
@@ -10,7 +11,6 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from cvserve.models.preprocess import Transform
@@ -289,83 +289,3 @@ def clip_box_masks(masks: list[BoxMask], width: int, height: int) -> list[BoxMas
             continue
         out.append(BoxMask(x0, y0, m.mask[y0 - m.y0 : y1 - m.y0, x0 - m.x0 : x1 - m.x0]))
     return out
-
-
-def outline(mask: BoxMask) -> np.ndarray:
-    """The largest external contour as (P, 2) float32 image pixels; empty if no pixels."""
-    if mask.mask.size == 0 or not mask.mask.any():
-        return np.zeros((0, 2), np.float32)
-    m = mask.mask
-    pixels = m.view(np.uint8) if m.dtype == bool else m.astype(np.uint8)  # no copy for bool
-    contours, _ = cv2.findContours(pixels, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    if not contours:
-        return np.zeros((0, 2), np.float32)
-    best = max(contours, key=cv2.contourArea)
-    pts = best.reshape(-1, 2).astype(np.float32)
-    pts[:, 0] += mask.x0
-    pts[:, 1] += mask.y0
-    return pts
-
-
-def all_outlines(mask: np.ndarray, min_area: float = 1.0) -> list[np.ndarray]:
-    """Every external contour of a full-size boolean mask, largest first."""
-    contours, _ = cv2.findContours(
-        mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
-    )
-    contours = [c for c in contours if cv2.contourArea(c) >= min_area or len(c) >= 3]
-    contours.sort(key=cv2.contourArea, reverse=True)
-    return [c.reshape(-1, 2).astype(np.float32) for c in contours]
-
-
-def rle_encode(mask: BoxMask, width: int, height: int) -> dict[str, object]:
-    """COCO compressed RLE of the mask in a full width x height image (column-major)."""
-    counts = _rle_counts(mask, width, height)
-    return {"size": [height, width], "counts": _compress_counts(counts)}
-
-
-def _rle_counts(mask: BoxMask, width: int, height: int) -> np.ndarray:
-    """Column-major run lengths of the mask in the full image, zeros first.
-
-    Only the box is looked at: each box column changes value where its padded difference
-    is nonzero, and a change at box row r of box column c sits at flat index
-    (x0 + c) * height + y0 + r. The runs are the gaps between those positions."""
-    h, w = mask.mask.shape
-    total = width * height
-    if h == 0 or w == 0:
-        return np.array([total], np.int64)
-    m = mask.mask.view(np.uint8) if mask.mask.dtype == bool else mask.mask.astype(np.uint8)
-    change = np.diff(m, axis=0, prepend=np.uint8(0), append=np.uint8(0))  # (h + 1, w)
-    rows, cols = np.nonzero(change)
-    if rows.size == 0:
-        return np.array([total], np.int64)
-    pos = np.sort((cols.astype(np.int64) + mask.x0) * height + mask.y0 + rows)
-    # A column that ends on the image's last row inside the mask and a next column that
-    # starts inside it change at the same index: the two changes cancel.
-    dup = np.flatnonzero(pos[1:] == pos[:-1])
-    if dup.size:
-        pos = np.delete(pos, np.concatenate((dup, dup + 1)))
-    if pos.size and pos[-1] == total:  # the last pixel is in the mask: no change after it
-        pos = pos[:-1]
-    return np.diff(np.concatenate(([0], pos, [total])))
-
-
-def _compress_counts(counts: np.ndarray) -> str:
-    """pycocotools' LEB128-like string encoding of run lengths (rleToString), vectorised:
-    each count (minus the count two before it, from the third on) is written as 5-bit
-    groups, low first, +48, bit 0x20 on every group but the last; the last is the first
-    group after which the remaining bits are all sign (0 or -1, and bit 0x10 agrees)."""
-    counts = np.asarray(counts, np.int64)
-    x = counts.copy()
-    x[3:] -= counts[1:-2]
-    # Enough groups for the widest value and its sign bit.
-    groups = max(1, -(-(int(np.abs(x).max(initial=0)).bit_length() + 1) // 5))
-    shifts = np.arange(groups, dtype=np.int64) * 5
-    rest = x[:, None] >> shifts  # (M, groups): the value still to write before each group
-    group = rest & 0x1F
-    after = rest >> 5
-    done = np.where(group & 0x10, after == -1, after == 0)
-    n = np.argmax(done, axis=1) + 1  # groups per count
-    keep = np.arange(groups) < n[:, None]
-    chars = group + 48
-    chars[np.arange(groups) < (n - 1)[:, None]] += 0x20  # "more follows"
-    return chars[keep].astype(np.uint8).tobytes().decode("ascii")

@@ -26,9 +26,10 @@ import numpy as np
 
 from cvserve.errors import BadRequest
 from cvserve.models.base import InferParams
+from cvserve.models.ids import parse_model_id
 from cvserve.models.manifest import Manifest
 from cvserve.models.runtime import RuntimeOptions
-from cvserve.models.store import ModelStore, parse_model_id
+from cvserve.models.store import ModelStore
 from cvserve.results import Classification, Detections, Prediction
 
 # The ops of a conv backbone, SiLU (Sigmoid, Mul) included: leaving those float costs a
