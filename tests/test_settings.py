@@ -62,3 +62,18 @@ def test_immutable_copies_and_derived_values() -> None:
     assert (s.lanes(), s.threads_per_lane(), s.wide_threads()) == (2, 3, 0)
     auto = Settings()
     assert auto.lanes() == auto.cores and auto.threads_per_lane() >= 1
+
+
+def test_zoo_pull_guesses_no_data_folder(tmp_path: Path) -> None:
+    from cvserve import zoo
+    from cvserve.models.store import ModelStore
+
+    # The folder comes from the caller's Settings (data_dir), never from a default of its own.
+    with pytest.raises(TypeError, match="data_dir"):
+        zoo.pull("faces", ModelStore(tmp_path / "models"))
+
+
+def test_runtime_counts_the_cores_settings_count() -> None:
+    from cvserve.models.runtime import helper_threads
+
+    assert helper_threads()._max_workers == max(1, Settings().cores - 1)

@@ -264,7 +264,7 @@ def models_quantize(
 
     settings = _settings(models_dir=models_dir)
     try:
-        images = photos_from(photos) if photos is not None else default_photos()
+        images = photos_from(photos) if photos is not None else default_photos(settings.data_dir)
         report = quantize_model(
             ModelStore(settings.store_dir, runtime_for_quantize()),
             model_id,
