@@ -77,3 +77,20 @@ def test_runtime_counts_the_cores_settings_count() -> None:
     from cvserve.models.runtime import helper_threads
 
     assert helper_threads()._max_workers == max(1, Settings().cores - 1)
+
+
+def test_cli_flags_take_env_names_and_defaults_from_settings() -> None:
+    import typer.main
+
+    from cvserve.cli import app
+
+    command = typer.main.get_command(app)
+    names = {Settings.env_name(f) for f in Settings.model_fields}
+    checked = 0
+    for cmd in [command.commands["serve"], *command.commands["models"].commands.values()]:
+        for p in cmd.params:
+            if p.envvar:
+                assert p.envvar in names, (cmd.name, p.name)
+                assert p.default is None, (cmd.name, p.name)  # left out: Settings decides
+                checked += 1
+    assert checked >= 8
