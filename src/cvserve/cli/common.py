@@ -20,7 +20,8 @@ def setting_option(name: str, *flags: str, help: str, shown: str | None = None) 
 
     Left out, it is None, so the value from the environment or the field's default stands.
     """
-    default = Settings.default(name)
+    field = Settings.model_fields[name]
+    default = field.default if field.default_factory is None else None  # no env read at import
     show: bool | str = shown or (str(default) if default not in (None, (), "") else False)
     return typer.Option(None, *flags, envvar=Settings.env_name(name), show_default=show, help=help)
 
