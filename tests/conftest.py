@@ -4,6 +4,7 @@
 - `add_model(store, model_id, path, config=None)` imports an .onnx / folder into it.
 - `make_client(store, **settings)` (fixture) gives a started TestClient over that store;
   keyword arguments override Settings fields (api_keys, max_body_bytes, ...).
+- With CI=true a skip of a headline feature's test is a failure (tests/strict_skips.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ from cvserve.models.importers import import_model
 from cvserve.models.runtime import RuntimeOptions
 from cvserve.models.store import ModelStore
 from cvserve.settings import Settings
+from tests.strict_skips import (  # noqa: F401 - hooks, found by name in this conftest
+    pytest_make_collect_report,
+    pytest_runtest_makereport,
+)
 
 
 def make_store(tmp_path: Path) -> ModelStore:

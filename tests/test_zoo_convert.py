@@ -182,7 +182,9 @@ def test_segment_job_point_on_the_cat_matches_the_salient_mask(
     from cvserve.http.app import create_app
     from cvserve.settings import Settings
 
-    zoo.pull("salient", store, cache_dir=cache_root() / "packages")
+    zoo.pull(
+        "salient", store, cache_dir=cache_root() / "packages", tooling_dir=cache_root() / "tools"
+    )
     data = photo_bytes(packages, "chelsea")
     image = photo(packages, "chelsea")
     h, w = image.shape[:2]

@@ -1,14 +1,26 @@
 """The one settings object. Built by the CLI (from flags, then env vars), passed in everywhere.
 
-Nothing reads the environment at import time; `Settings.from_env` is called explicitly.
+Each field's default and its environment name (`CVSERVE_` + the field name in capitals)
+live here and nowhere else; the CLI's flags take theirs from `Settings.default` and
+`Settings.env_name`. Nothing reads the environment at import time, and `Settings(...)`
+reads none at all: `Settings.from_env` is called explicitly.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
+from pydantic_settings.sources.utils import parse_env_vars
+
+from cvserve.cpus import available_cores
+
+ENV_PREFIX = "CVSERVE_"
 
 
 def default_data_dir() -> Path:
@@ -16,14 +28,21 @@ def default_data_dir() -> Path:
     return Path(base) / "cvserve"
 
 
-@dataclass(frozen=True)
-class Settings:
-    data_dir: Path = field(default_factory=default_data_dir)
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_ignore_empty=True,  # CVSERVE_X= (empty) means the default, as it always did
+        frozen=True,
+        extra="forbid",
+    )
+
+    data_dir: Path = Field(default_factory=default_data_dir)
     models_dir: Path | None = None  # defaults to data_dir / "models"
     host: str = "127.0.0.1"
     port: int = 9001
-    api_keys: tuple[str, ...] = ()
-    allow_url_hosts: tuple[str, ...] = ()
+    # Lists: comma- (or space-) separated in the environment, never JSON.
+    api_keys: Annotated[tuple[str, ...], NoDecode] = ()
+    allow_url_hosts: Annotated[tuple[str, ...], NoDecode] = ()
     # Inference lanes per model: each lane owns an ONNX Runtime session with cores/lanes threads.
     # 0 (auto): one single-threaded lane per core, plus one session using every core for
     # runs that start while the model is idle (measured best for latency and throughput).
@@ -43,13 +62,32 @@ class Settings:
     job_workers: int = 1
     log_level: str = "info"
 
+    @field_validator("api_keys", "allow_url_hosts", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(s for s in re.split(r"[,\s]+", value) if s)
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: Any,
+        env_settings: Any,
+        dotenv_settings: Any,
+        file_secret_settings: Any,
+    ) -> tuple[Any, ...]:
+        # Only the given values: the environment is read by from_env, on request.
+        return (init_settings,)
+
     @property
     def store_dir(self) -> Path:
         return self.models_dir if self.models_dir is not None else self.data_dir / "models"
 
     @property
     def cores(self) -> int:
-        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+        return available_cores()
 
     def lanes(self) -> int:
         """Inference lanes per model: `workers`, or one per core when it is 0 (auto)."""
@@ -65,34 +103,41 @@ class Settings:
         return self.cores if self.workers <= 0 and self.cores > 1 else 0
 
     def with_overrides(self, **overrides: object) -> Settings:
-        """Copy with the given fields replaced; None values are ignored."""
-        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+        """Copy with the given fields replaced (validated); None values are ignored."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if not given:
+            return self
+        return type(self)(**{**self.model_dump(), **given})
+
+    @classmethod
+    def default(cls, name: str) -> Any:
+        """Field `name`'s default (what the CLI shows for a flag left out)."""
+        return cls.model_fields[name].get_default(call_default_factory=True)
+
+    @classmethod
+    def env_name(cls, name: str, prefix: str = ENV_PREFIX) -> str:
+        """The environment variable that sets field `name`, e.g. CVSERVE_MAX_QUEUE."""
+        if name not in cls.model_fields:
+            raise KeyError(name)
+        return prefix + name.upper()
 
     @classmethod
     def from_env(
-        cls, environ: Mapping[str, str] | None = None, prefix: str = "CVSERVE_"
+        cls, environ: Mapping[str, str] | None = None, prefix: str = ENV_PREFIX
     ) -> Settings:
         """Settings from CVSERVE_* variables (lists comma-separated). Called by the CLI only."""
-        env = os.environ if environ is None else environ
-        values: dict[str, object] = {}
-        for f in fields(cls):
-            raw = env.get(prefix + f.name.upper())
-            if raw is None or raw == "":
-                continue
-            values[f.name] = _parse(f.name, raw, f.type)
-        return cls(**values)  # type: ignore[arg-type]
+        source = _EnvSource(cls, os.environ if environ is None else environ, prefix)
+        return cls(**source())
 
 
-def _parse(name: str, raw: str, type_name: object) -> object:
-    t = str(type_name)
-    if "tuple" in t:
-        return tuple(s.strip() for s in raw.split(",") if s.strip())
-    if "Path" in t:
-        return Path(raw)
-    if t == "bool":
-        return raw.strip().lower() in ("1", "true", "yes", "on")
-    if t == "int":
-        return int(raw)
-    if t == "float":
-        return float(raw)
-    return raw
+class _EnvSource(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping (tests pass a dict)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str], prefix: str):
+        self._environ = environ
+        super().__init__(settings_cls, env_prefix=prefix)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(
+            self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str
+        )

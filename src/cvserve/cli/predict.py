@@ -1,0 +1,49 @@
+"""`cvserve predict`: a batch of images through a model, in-process or against a server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from cvserve.cli.common import MODELS_DIR_OPT, console, settings_with
+
+
+def predict(
+    source: str = typer.Argument(..., help="An image, a folder (recursive) or a glob."),
+    model: str = typer.Option(..., "--model", "-m", help="DATASET/VERSION to run."),
+    out: Path = typer.Option(Path("predictions"), "--out", "-o", help="Output folder."),
+    fmt: str = typer.Option("json", "--format", "-f", help="json (one file per image), jsonl, coco."),
+    save_images: bool = typer.Option(False, "--save-images", help="Also write annotated images."),
+    url: str | None = typer.Option(None, "--url", envvar="CVSERVE_URL", help="Use this server instead of running in-process."),
+    api_key: str | None = typer.Option(None, "--api-key", envvar="CVSERVE_API_KEY", help="Key for --url."),
+    confidence: float | None = typer.Option(None, "--confidence", "-c", help="Threshold: percent (40) or fraction (0.4)."),
+    overlap: float | None = typer.Option(None, "--overlap", help="NMS IoU: percent or fraction."),
+    classes: str | None = typer.Option(None, "--classes", help="Comma-separated class names to keep."),
+    max_detections: int | None = typer.Option(None, "--max-detections"),
+    mask_format: str | None = typer.Option(None, "--mask-format", help="polygon or rle."),
+    concurrency: int | None = typer.Option(None, "--concurrency", "-j", help="Images in flight."),
+    models_dir: Path | None = MODELS_DIR_OPT,
+) -> None:  # fmt: skip
+    """Predict a batch of images; resumable, with a summary at the end."""
+    from rich.markup import escape as rich_escape
+
+    from cvserve.cli.display import print_summary, run_with_progress
+    from cvserve.predict import PredictError, PredictOptions
+
+    opts = PredictOptions(
+        source=source, model_id=model, out=out, format=fmt.lower(), save_images=save_images,
+        url=url, api_key=api_key, confidence=confidence, overlap=overlap, classes=classes,
+        max_detections=max_detections, mask_format=mask_format, concurrency=concurrency,
+        models_dir=models_dir,
+    )  # fmt: skip
+    # In-process runs take the store, limits and cores from Settings; --url needs none.
+    settings = None if url else settings_with(models_dir=models_dir)
+    try:
+        summary = run_with_progress(opts, console, settings)
+    except PredictError as e:
+        console.print(f"[red]error:[/red] {rich_escape(str(e))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    print_summary(summary, console)
+    if summary.failures:
+        raise typer.Exit(1)

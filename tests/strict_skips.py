@@ -1,0 +1,60 @@
+"""With CI=true, a skipped headline-feature test is a failure (a pytest plugin).
+
+The official clients, the web page, Ultralytics parity and the supervision conversion
+skip when their tools are missing (a laptop without Chromium); in CI that would hide a
+broken feature behind a green run, so there the skip fails with its reason.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator
+from fnmatch import fnmatch
+from pathlib import PurePosixPath
+from typing import Any
+
+import pytest
+
+HEADLINE_FILES = ("test_clients_*.py", "test_web.py", "test_ultralytics_parity.py")
+HEADLINE_TESTS = ("test_client.py::test_to_supervision",)
+
+
+def strict() -> bool:
+    return os.environ.get("CI") == "true"
+
+
+def is_headline(nodeid: str) -> bool:
+    """Whether the test (or module) `nodeid` covers a feature CI must not skip."""
+    path, _, rest = nodeid.partition("::")
+    name = PurePosixPath(path).name
+    if any(fnmatch(name, pattern) for pattern in HEADLINE_FILES):
+        return True
+    return f"{name}::{rest.split('[')[0]}" in HEADLINE_TESTS
+
+
+def _reason(longrepr: Any) -> str:
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:  # (path, line, "Skipped: ...")
+        return str(longrepr[2])
+    return str(longrepr)
+
+
+def _fail_if_headline_skip(report: pytest.CollectReport | pytest.TestReport) -> None:
+    xfail = hasattr(report, "wasxfail")
+    if report.skipped and not xfail and strict() and is_headline(report.nodeid):
+        report.outcome = "failed"
+        report.longrepr = (
+            f"{report.nodeid} skipped, but with CI=true a headline feature must run: "
+            f"{_reason(report.longrepr)}"
+        )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator:
+    outcome = yield
+    _fail_if_headline_skip(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Generator:
+    outcome = yield  # a module-level importorskip (playwright missing) skips at collection
+    _fail_if_headline_skip(outcome.get_result())
