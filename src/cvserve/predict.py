@@ -210,7 +210,7 @@ class LocalBackend(Backend):
     def predict(self, path: Path, name: str) -> tuple[dict[str, Any], Callable[[Path], None]]:
         from cvserve.images import decode_image
         from cvserve.render.annotate import annotate
-        from cvserve.render.roboflow import prediction_json
+        from cvserve.wire.hosted import prediction_json
 
         t0 = time.perf_counter()
         image = decode_image(

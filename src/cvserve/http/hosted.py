@@ -16,8 +16,8 @@ from cvserve.http.state import AppState
 from cvserve.models.base import InferParams, Model
 from cvserve.params import RenderOptions, parse_hosted
 from cvserve.render.annotate import annotated_jpeg
-from cvserve.render.roboflow import prediction_json
 from cvserve.settings import Settings
+from cvserve.wire.hosted import prediction_json
 
 
 def _infer_and_render(

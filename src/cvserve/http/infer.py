@@ -33,8 +33,8 @@ from cvserve.params import (
     parse_fraction,
 )
 from cvserve.render.annotate import annotated_jpeg
-from cvserve.render.roboflow import prediction_json
 from cvserve.settings import Settings
+from cvserve.wire.hosted import prediction_json
 
 ROUTE_TASKS = {
     "object_detection": Task.OBJECT_DETECTION,

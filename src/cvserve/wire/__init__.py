@@ -1,0 +1,3 @@
+"""Wire formats, each in one module holding both directions: the server's encoder and the
+SDK's decoder. Kept free of server-only imports (no onnxruntime, no fastapi): the SDK uses it.
+"""
