@@ -247,7 +247,7 @@ def external(python: Path, script: str, args: list[str], timeout: float) -> dict
 
 def seg_postprocess(store: ModelStore, image: np.ndarray, n_inst: int, repeats: int) -> dict:
     """Instance-segmentation post-processing alone for n_inst instances on `image`."""
-    from cvserve.render.roboflow import prediction_json
+    from cvserve.wire.hosted import prediction_json
 
     model = store.get(model_id("yolov8n-seg"))
     tensor, transform = model.preprocess(image)

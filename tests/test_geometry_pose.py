@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cvserve.models.keypoint_sets import COCO_KEYPOINTS
+from cvserve.keypoint_sets import COCO_KEYPOINTS
 from tests.conftest import add_model, hosted
 from tests.synthetic import (
     constant_model,

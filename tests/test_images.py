@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import urllib.parse
+import warnings
 
 import numpy as np
 import pytest
@@ -206,3 +207,40 @@ def test_encoders_roundtrip():
     png = encode_png(mask)
     assert Image.open(io.BytesIO(png)).mode == "L"
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png))), mask)
+
+
+PILLOW_DEFAULT_GUARD = int(1024 * 1024 * 1024 // 4 // 3)  # Image.MAX_IMAGE_PIXELS as shipped
+
+
+def test_pillows_process_wide_bomb_guard_is_left_alone():
+    import cvserve.engine.fastpath  # noqa: F401  (the server's decoders, imported for their side effects)
+
+    assert Image.MAX_IMAGE_PIXELS == PILLOW_DEFAULT_GUARD
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "BMP", "GIF"])
+@pytest.mark.parametrize("size", [(48, 32), (100, 60)])
+def test_images_over_pillows_guard_decode_under_ours(monkeypatch, fmt, size):
+    # A tiny guard stands in for a large image: 1536 px is in Pillow's warning zone, 6000 px
+    # past its error limit (2x); only our per-call max_pixels may refuse them.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    rgb = _pattern(*size)
+    data = _encode(rgb, fmt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        out = decode_image(data, max_pixels=10_000)
+    assert out.shape == (size[1], size[0], 3)
+    if fmt in ("PNG", "BMP"):
+        np.testing.assert_array_equal(out, rgb)
+    with pytest.raises(PayloadTooLarge):
+        decode_image(data, max_pixels=1000)
+
+
+@pytest.mark.parametrize("fmt", ["TIFF", "WEBP"])
+def test_tiff_and_webp_keep_pillows_own_cap(monkeypatch, fmt):
+    # Their plugins check Pillow's guard again inside (TIFF when it allocates the pixels, WebP
+    # before its canvas): past 2x (~179 M px as shipped) that is a 413, whatever ours allows.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    assert decode_image(_encode(_pattern(48, 32), fmt)).shape == (32, 48, 3)
+    with pytest.raises(PayloadTooLarge, match="too large"):
+        decode_image(_encode(_pattern(100, 60), fmt), max_pixels=10_000)

@@ -162,7 +162,6 @@ RULES = [
         ("cvserve.models",),
         (),
         id="render-imports-no-models",
-        marks=pytest.mark.xfail(strict=False, reason="render split pending"),
     ),
     pytest.param("cvserve.engine", ("cvserve.http",), (), id="engine-imports-no-http"),
     # Offline tools (quantize) stay out of the serving path.
@@ -175,7 +174,6 @@ RULES = [
         SERVER,
         ("onnxruntime",),
         id="sdk-client-imports-no-server",
-        marks=pytest.mark.xfail(strict=False, reason="SDK split pending"),
     ),
     pytest.param("cvserve.wire", SERVER, ("onnxruntime",), id="wire-imports-no-server"),
 ]

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from cvserve.render.roboflow import round4
+from cvserve.wire.hosted import round4
 
 
 def test_round4_equals_python_round_everywhere():

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cvserve.keypoint_sets import COCO_SKELETON
 from cvserve.models.importers import import_model
-from cvserve.models.keypoint_sets import COCO_SKELETON
 from cvserve.models.store import ModelStore
 from cvserve.render.annotate import PALETTE
 from tests.live_server import LiveServer, serve_subprocess, stop

@@ -10,6 +10,7 @@ from __future__ import annotations
 import binascii
 import io
 import re
+import struct
 
 import cv2
 import numpy as np
@@ -18,9 +19,6 @@ import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 from cvserve.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-
-# Pillow's own bomb check is a warning by default; we enforce our limits explicitly.
-Image.MAX_IMAGE_PIXELS = None
 
 _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\xff\xd8\xff", "jpeg"),
@@ -34,6 +32,16 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
 _DATA_URI = re.compile(rb"^\s*data:[^,;]*(;[^,]*)?,", re.IGNORECASE)
 _B64_JUNK = b" \t\n\r\x0b\x0c"  # what \s matches in bytes: line wrapping, spaces
 _EXIF_ORIENTATION = 0x0112
+_PIL_FORMAT = {
+    "jpeg": "JPEG",
+    "png": "PNG",
+    "gif": "GIF",
+    "bmp": "BMP",
+    "tiff": "TIFF",
+    "webp": "WEBP",
+}
+# What Image.open turns into "cannot identify image file" when a plugin's header parse fails.
+_HEADER_ERRORS = (SyntaxError, IndexError, TypeError, struct.error)
 
 
 def sniff(data: bytes) -> str | None:
@@ -93,6 +101,23 @@ def _check_size(width: int, height: int, max_pixels: int, max_side: int) -> None
         )
 
 
+def open_header(data: bytes, kind: str) -> Image.Image:
+    """A lazy Pillow image for `data` of a sniffed `kind`: header parsed, no pixels read.
+
+    Calls the format's plugin directly instead of `Image.open`, which would apply Pillow's
+    process-wide bomb guard (`Image.MAX_IMAGE_PIXELS`): the caller checks the size against
+    its own per-request limits, and the SDK's host process keeps Pillow's guard as it is."""
+    fmt = _PIL_FORMAT[kind]
+    Image.preinit()
+    if fmt not in Image.OPEN:
+        Image.init()
+    factory, _accept = Image.OPEN[fmt]
+    try:
+        return factory(io.BytesIO(data), "")
+    except _HEADER_ERRORS as e:
+        raise UnidentifiedImageError(f"cannot identify {fmt} image") from e
+
+
 def _orientation(pil: Image.Image) -> int:
     try:
         return int(pil.getexif().get(_EXIF_ORIENTATION, 1))
@@ -134,8 +159,10 @@ def decode_image(
             "unsupported or unrecognised image data; send JPEG, PNG, WebP, BMP, TIFF or GIF"
         )
     try:
-        pil = Image.open(io.BytesIO(data))
+        pil = open_header(data, kind)
         width, height = pil.size
+    except Image.DecompressionBombError as e:  # a GIF frame larger than its screen, say
+        raise PayloadTooLarge(f"{kind.upper()} image is too large: {e}") from e
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise BadRequest(f"cannot read {kind.upper()} header: image is corrupt or truncated") from e
     except Exception as e:  # hostile headers trip odd errors deep in Pillow's parsers
@@ -177,9 +204,11 @@ def _decode_pixels(data: bytes, kind: str, pil: Image.Image, reduce: int) -> np.
     try:
         # A fresh handle: a failed earlier load (e.g. reading EXIF) leaves `pil` half-read,
         # and a second load() on it would hand back blank pixels instead of failing.
-        fresh = Image.open(io.BytesIO(data))
+        fresh = open_header(data, kind)
         fresh.load()
         return np.asarray(fresh.convert("RGB"))
+    except Image.DecompressionBombError as e:  # Pillow's own cap, over 2x MAX_IMAGE_PIXELS
+        raise PayloadTooLarge(f"{kind.upper()} image is too large for its decoder: {e}") from e
     except (OSError, ValueError, SyntaxError) as e:
         raise BadRequest(f"cannot decode {kind.upper()} image: data is corrupt or truncated") from e
     except Exception as e:  # hostile data trips odd errors deep in Pillow's decoders

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cvserve.errors import BadRequest
-from cvserve.models.base import InferParams, Task
+from cvserve.tasks import InferParams, Task
 
 FORMATS = ("json", "image", "image_and_json")
 MASK_FORMATS = ("polygon", "rle")

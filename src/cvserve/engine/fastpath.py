@@ -15,14 +15,12 @@ resizes it to, and results are mapped back to the full photo's pixels.
 
 from __future__ import annotations
 
-import io
 import math
 
 import cv2
 import numpy as np
-from PIL import Image
 
-from cvserve.images import decode_image, sniff
+from cvserve.images import decode_image, open_header, sniff
 from cvserve.models.base import Model
 from cvserve.models.preprocess import MAX_CROP_GROWTH, center_crop_resize_size
 from cvserve.results import BoxMask, Detections, Prediction, SemanticMask
@@ -64,7 +62,7 @@ def decode(
         image = decode_image(data, max_pixels=max_pixels, max_side=max_side)
         return image, image.shape[1], image.shape[0]
     try:
-        pil = Image.open(io.BytesIO(data))
+        pil = open_header(data, "jpeg")
         w, h = pil.size
         orientation = int(pil.getexif().get(_ORIENTATION, 1))
     except Exception:  # let the exact decoder produce the proper error

@@ -17,9 +17,9 @@ from cvserve.engine.decode import decode
 from cvserve.models.base import InferParams, Model
 from cvserve.params import RenderOptions
 from cvserve.render.annotate import annotated_jpeg
-from cvserve.render.roboflow import prediction_json
 from cvserve.results import Prediction
 from cvserve.settings import Settings
+from cvserve.wire.hosted import prediction_json
 
 
 @dataclass

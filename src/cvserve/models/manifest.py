@@ -14,8 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cvserve.errors import ModelLoadError
+from cvserve.keypoint_sets import keypoint_layout
 from cvserve.models.base import ModelInfo, Task
-from cvserve.models.keypoint_sets import keypoint_layout
 
 MANIFEST_NAME = "cvserve.json"
 
@@ -41,7 +41,7 @@ class Preprocess(BaseModel):
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     interpolation: Literal["linear", "area", "nearest", "pil-bilinear"] = "linear"
     # Opt-in shortcut for every request to this model: JPEGs decode DCT-scaled (1/2..1/8)
-    # when the model's input is that much smaller (see cvserve.fastpath). Off: exact pixels.
+    # when the model's input is that much smaller (see cvserve.engine.fastpath). Off: exact pixels.
     fast_decode: bool = False
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cvserve.keypoint_sets import COCO_KEYPOINTS, COCO_SKELETON
 from cvserve.models.base import InferParams
-from cvserve.models.keypoint_sets import COCO_KEYPOINTS, COCO_SKELETON
 from cvserve.models.manifest import Manifest
 from cvserve.models.nms import nms
 from cvserve.models.onnx_model import OnnxModel

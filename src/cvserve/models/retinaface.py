@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cvserve.keypoint_sets import FACE_LANDMARKS, FACE_SKELETON
 from cvserve.models.base import InferParams
-from cvserve.models.keypoint_sets import FACE_LANDMARKS, FACE_SKELETON
 from cvserve.models.manifest import Manifest
 from cvserve.models.nms import nms
 from cvserve.models.onnx_model import OnnxModel

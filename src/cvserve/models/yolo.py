@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from cvserve.errors import ModelLoadError
+from cvserve.keypoint_sets import default_names, default_skeleton
 from cvserve.models.base import InferParams, Task
-from cvserve.models.keypoint_sets import default_names, default_skeleton
 from cvserve.models.manifest import Manifest
 from cvserve.models.nms import nms
 from cvserve.models.onnx_model import OnnxModel

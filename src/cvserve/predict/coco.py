@@ -29,7 +29,7 @@ def to_coco(rows: list[dict[str, Any]], class_names: list[str]) -> dict[str, Any
     for n in names:
         cat: dict[str, Any] = {"id": cat_id[n], "name": n, "supercategory": "none"}
         if kp_count:
-            from cvserve.models.keypoint_sets import default_skeleton
+            from cvserve.keypoint_sets import default_skeleton
 
             cat["keypoints"] = [kp_names.get(i, str(i)) for i in range(kp_count)]
             cat["skeleton"] = [[a + 1, b + 1] for a, b in default_skeleton(kp_count)]
@@ -89,6 +89,6 @@ def to_coco(rows: list[dict[str, Any]], class_names: list[str]) -> dict[str, Any
 
 
 def _rle_area(rle: dict[str, Any]) -> float:
-    from cvserve.client import _rle_decode
+    from cvserve.wire.hosted import rle_decode
 
-    return float(_rle_decode(rle).sum())
+    return float(rle_decode(rle).sum())

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import cv2
 import numpy as np
 
 from cvserve.images import encode_jpeg
-from cvserve.models.base import InferParams
 from cvserve.params import RenderOptions
 from cvserve.results import Classification, Detections, Prediction, SemanticMask
 
@@ -22,6 +23,16 @@ PALETTE = np.array(
 )  # fmt: skip
 # Keypoint k is drawn in colour(k + KEYPOINT_COLOR_OFFSET), so it stands out from its box.
 KEYPOINT_COLOR_OFFSET = 3
+
+
+class Thresholds(Protocol):
+    """What drawing reads of a request's `InferParams` (render/ sits below models/)."""
+
+    @property
+    def confidence(self) -> float: ...
+
+    @property
+    def keypoint_confidence(self) -> float: ...
 
 
 def color(i: int) -> tuple[int, int, int]:
@@ -116,7 +127,7 @@ def annotate(
 
 
 def annotated_jpeg(
-    image: np.ndarray, prediction: Prediction, params: InferParams, render: RenderOptions
+    image: np.ndarray, prediction: Prediction, params: Thresholds, render: RenderOptions
 ) -> bytes:
     """The `format=image` / `visualization` JPEG: the prediction drawn with the request's options."""
     drawn = annotate(

@@ -1,2 +1,3 @@
-"""Wire formats, one module each with both directions: the server's encoder and the
-client's decoder."""
+"""Wire formats, each in one module holding both directions: the server's encoder and the
+client's decoder. Kept free of server-only imports (no onnxruntime, no fastapi): the SDK uses it.
+"""

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cvserve.keypoint_sets import COCO_KEYPOINTS, COCO_SKELETON
 from cvserve.models.base import InferParams, Task
-from cvserve.models.keypoint_sets import COCO_KEYPOINTS, COCO_SKELETON
 from cvserve.models.manifest import Manifest, Preprocess
 from cvserve.zoo.base import BuildContext, require
 from cvserve.zoo.packages import read_members
