@@ -44,7 +44,7 @@ class RuntimeOptions:
     wide_threads: int = 0
 
 
-_setup_lock = threading.Lock()  # once-per-process setup: the shared arena, BLAS threads
+_setup_lock = threading.Lock()  # once-per-process setup: the shared arena
 _arena_state: list[bool] = []
 
 
@@ -65,19 +65,13 @@ def _shared_arena() -> bool:
         return _arena_state[0]
 
 
-_blas_state: list[bool] = []
-
-
 def _limit_blas_threads() -> None:
-    """numpy's BLAS to one thread, once per process. OpenBLAS starts a thread per core and
+    """numpy's BLAS to one thread, at each model load (so a BLAS loaded since, such as
+    SciPy's own OpenBLAS, is held too). OpenBLAS starts a thread per core and
     lets it spin after each multi-threaded product; beside ONNX Runtime's threads and the
     lanes that spinning cost the next run dearly (YOLOv8n-seg at 640x480: 109 ms a request
     with the mask logits' (N, 32) @ (32, mh*mw) product threaded, 64 ms without). The
     server parallelises across requests and inside ONNX Runtime, not inside numpy."""
-    with _setup_lock:
-        if _blas_state:
-            return
-        _blas_state.append(True)
     try:
         from threadpoolctl import threadpool_limits
 
