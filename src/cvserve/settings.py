@@ -61,6 +61,14 @@ class Settings(BaseSettings):
     auto_pull: bool = True  # pull the default real models when the store is empty
     job_workers: int = 1
     log_level: str = "info"
+    # Ray Serve (`cvserve serve --ray`): model replicas, each with its CPU share (its ONNX
+    # Runtime threads follow it), autoscaling bounds (0, 0: a fixed count), models per replica.
+    ray_model_replicas: int = 1
+    ray_replica_cpus: float = 1.0
+    ray_min_replicas: int = 0
+    ray_max_replicas: int = 0
+    ray_models_per_replica: int = 3
+    ray_job_replicas: int = 1  # replicas running job workers (job_workers threads each)
 
     @field_validator("api_keys", "allow_url_hosts", mode="before")
     @classmethod

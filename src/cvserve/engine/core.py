@@ -22,6 +22,7 @@ from cvserve.engine.lanes import Lanes
 from cvserve.engine.pipeline import Rendered
 from cvserve.engine.promptable import Prompt, PromptResult
 from cvserve.errors import BadRequest, DeadlineExceeded, ModelNotFound, Overloaded
+from cvserve.images import decode_image
 from cvserve.models.base import InferParams, Model, ModelInfo
 from cvserve.models.ids import parse_model_id
 from cvserve.models.manifest import info_from_manifest
@@ -118,17 +119,33 @@ class Engine:
         return pipeline.infer(model, source, params, render, self.settings, keep_pixels=keep_pixels)
 
     async def segment(
-        self, model_id: str, key: str, load_image: Callable[[], np.ndarray], prompt: Prompt
+        self, model_id: str, key: str, image: Callable[[], bytes], prompt: Prompt
     ) -> PromptResult:
-        """A prompt on an image, admitted and on the SAM model's lanes like any request."""
+        """A prompt on an image, admitted and on the SAM model's lanes like any request.
+
+        `key` names the image's content (its embedding is cached under it); `image` gives
+        its encoded bytes, called only when the embedding is not cached."""
         model = promptable.promptable(await self.model(model_id), model_id)
-        return await self.run(model_id, promptable.segment, model, key, load_image, prompt)
+        return await self.run(
+            model_id, promptable.segment, model, key, self._decoder(image), prompt
+        )
 
     def segment_now(
-        self, model_id: str, key: str, load_image: Callable[[], np.ndarray], prompt: Prompt
+        self, model_id: str, key: str, image: Callable[[], bytes], prompt: Prompt
     ) -> PromptResult:
         """The same on the caller's thread (the job workers): loads the model if needed."""
-        return promptable.segment(self.promptable_model(model_id), key, load_image, prompt)
+        model = self.promptable_model(model_id)
+        return promptable.segment(model, key, self._decoder(image), prompt)
+
+    def _decoder(self, image: Callable[[], bytes]) -> Callable[[], np.ndarray]:
+        limits = self.settings
+
+        def decoded() -> np.ndarray:
+            return decode_image(
+                image(), max_pixels=limits.max_image_pixels, max_side=limits.max_image_side
+            )
+
+        return decoded
 
     def promptable_model(self, model_id: str) -> PromptableModel:
         """The model loaded on this thread, checked to be promptable (400 if not)."""

@@ -29,7 +29,6 @@ import hashlib
 import time
 from collections.abc import Callable
 
-import numpy as np
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.requests import Request
@@ -42,7 +41,7 @@ from cvserve.http.openapi import BETA_HEADER, json_body, platform_doc
 from cvserve.http.platform import BASE, PlatformRoute, authorise, int_id, parse, require_beta
 from cvserve.http.responses import json_response
 from cvserve.http.state import AppState
-from cvserve.images import decode_base64, decode_image
+from cvserve.images import decode_base64
 from cvserve.jobs.polygons import segments_json
 from cvserve.jobs.queue import Job
 from cvserve.jobs.segment import (
@@ -161,13 +160,8 @@ def build_router(state: AppState) -> APIRouter:
             key = meta.cache_key
             fetch = functools.partial(service.files.read, meta)
 
-        def load() -> np.ndarray:  # only on an embedding cache miss, on the model's lane
-            return decode_image(
-                fetch(), max_pixels=settings.max_image_pixels, max_side=settings.max_image_side
-            )
-
         prompt = prompt_of(body.points, body.boundingBox, normalised=not body.pixels)
-        res = await state.engine.segment(mid, key, load, prompt)
+        res = await state.engine.segment(mid, key, fetch, prompt)
         return json_response(
             {
                 "time": round(time.perf_counter() - t0, 6),

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cvserve.engine.promptable import Prompt
 from cvserve.errors import BadRequest, CVServeError
-from cvserve.images import decode_image
 from cvserve.jobs.files import FileMeta, FileStore
 from cvserve.jobs.polygons import segments_json
 from cvserve.jobs.queue import Job
@@ -164,12 +162,8 @@ class SegmentHandler:
         except CVServeError as e:
             return _failed(item, f"model {model_id} is unavailable: {e.message}")
 
-        def load() -> np.ndarray:
-            return decode_image(
-                self.files.read(meta),
-                max_pixels=self.settings.max_image_pixels,
-                max_side=self.settings.max_image_side,
-            )
+        def load() -> bytes:  # only on an embedding cache miss
+            return self.files.read(meta)
 
         points = [Point.model_validate(x) for x in p.get("points") or []]
         box = BoundingBox.model_validate(p["boundingBox"]) if p.get("boundingBox") else None

@@ -47,7 +47,7 @@ class WorkerPool:
     ) -> None:
         self.queue = queue
         self.handlers = dict(handlers)
-        self.workers = max(1, workers)
+        self.workers = max(0, workers)  # 0: this process only submits (Ray's ingress)
         self.poll_s = poll_s
         self.grace_s = grace_s
         self._wake = threading.Condition()
@@ -62,7 +62,7 @@ class WorkerPool:
         return bool(self._threads) and not self._stop.is_set()
 
     def start(self) -> None:
-        if self._threads:
+        if self._threads or self.workers == 0:
             return
         self._stop.clear()
         recovered = self.queue.recover()
