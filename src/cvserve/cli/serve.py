@@ -32,6 +32,27 @@ def serve(
         False, "--no-pull", help="Don't pull the default models into an empty store."
     ),
     log_level: str | None = setting_option("log_level", "--log-level", help="Log level."),
+    ray_address: str | None = typer.Option(
+        None,
+        "--ray",
+        help="Serve on Ray Serve: `local` (a private Ray instance), `auto` (the running "
+        "cluster) or a cluster address. Needs `pip install 'cvserve[ray]'`.",
+    ),
+    replicas: int | None = setting_option(
+        "ray_model_replicas", "--replicas", help="Model replicas (with --ray)."
+    ),
+    replica_cpus: float | None = setting_option(
+        "ray_replica_cpus", "--replica-cpus", help="CPUs per model replica (with --ray)."
+    ),
+    min_replicas: int | None = setting_option(
+        "ray_min_replicas", "--min-replicas", help="Autoscaling lower bound (with --ray)."
+    ),
+    max_replicas: int | None = setting_option(
+        "ray_max_replicas", "--max-replicas", help="Autoscaling upper bound; 0: fixed count."
+    ),
+    models_per_replica: int | None = setting_option(
+        "ray_models_per_replica", "--models-per-replica", help="Models one replica holds."
+    ),
 ) -> None:
     """Serve the hosted inference API (and the web page, the SDK routes, segment jobs)."""
     import uvicorn
@@ -49,6 +70,11 @@ def serve(
         workers=workers,
         log_level=log_level,
         auto_pull=False if no_pull else None,
+        ray_model_replicas=replicas,
+        ray_replica_cpus=replica_cpus,
+        ray_min_replicas=min_replicas,
+        ray_max_replicas=max_replicas,
+        ray_models_per_replica=models_per_replica,
     )
     configure_logging(
         settings.log_level
@@ -59,6 +85,14 @@ def serve(
         f"cvserve serving {len(ModelStore(settings.store_dir).ids())} model(s) from "
         f"{settings.store_dir} on http://{settings.host}:{settings.port}"
     )
+    if ray_address:
+        try:
+            from cvserve.ray.launch import serve_on_ray
+        except ImportError as e:
+            console.print(f"[red]--ray needs Ray Serve:[/red] pip install 'cvserve[ray]' ({e})")
+            raise typer.Exit(2) from None
+        serve_on_ray(settings, ray_address)
+        return
     uvicorn.run(
         create_app(settings),
         host=settings.host,

@@ -31,6 +31,10 @@ class Lanes:
                 self._executors[model_id] = ex
         return ex
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
         """Let queued and running work finish, then stop every model's threads."""
         with self._lock:

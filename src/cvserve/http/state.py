@@ -24,8 +24,11 @@ class AppState:
     metrics: Metrics
 
 
-def build_state(settings: Settings, store: ModelStore | None = None) -> AppState:
-    """The one place the server's parts are built and wired together."""
+def build_state(
+    settings: Settings, store: ModelStore | None = None, engine: Engine | None = None
+) -> AppState:
+    """The one place the server's parts are built and wired together (`engine`: another
+    engine under the same doors, such as Ray Serve's ingress forwarding to replicas)."""
     if store is None:
         options = RuntimeOptions(
             lanes=settings.lanes(),
@@ -33,7 +36,7 @@ def build_state(settings: Settings, store: ModelStore | None = None) -> AppState
             wide_threads=settings.wide_threads(),
         )
         store = ModelStore(settings.store_dir, options)
-    engine = Engine(settings, store)
+    engine = engine or Engine(settings, store)
     jobs = JobsService(settings, engine)
     metrics = Metrics(engine, store, jobs)
     return AppState(

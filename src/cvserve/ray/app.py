@@ -1,0 +1,99 @@
+"""The Serve application: an ingress (the same FastAPI doors), model replicas multiplexed
+by model id, and job-worker replicas, all sized from one Settings object."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+from ray.serve.handle import DeploymentHandle
+
+from cvserve.http.app import create_app
+from cvserve.http.state import AppState, build_state
+from cvserve.models.store import ModelStore
+from cvserve.ray.remote import RemoteEngine
+from cvserve.ray.replicas import JobReplica, ModelReplica, _Held
+from cvserve.settings import Settings
+
+APP_NAME = "cvserve"
+
+
+class Ingress:
+    """Serves the same routes, auth, limits, errors and OpenAPI as `cvserve serve`; its
+    engine forwards inference and prompts to the model replicas."""
+
+    def __init__(
+        self, settings: dict[str, Any], models: DeploymentHandle, jobs: DeploymentHandle | None
+    ) -> None:
+        # Job workers run in their own replicas; this one only submits and reads jobs.
+        self.settings = Settings(**settings).with_overrides(job_workers=0)
+        store = ModelStore(self.settings.store_dir)
+        replicas = max(self.settings.ray_model_replicas, self.settings.ray_max_replicas)
+        engine = RemoteEngine(self.settings, store, models, replicas)
+        self.state: AppState = build_state(self.settings, store=store, engine=engine)
+        self.jobs = jobs  # held so the job replicas belong to this application
+
+    def __serve_build_asgi_app__(self) -> Any:
+        return create_app(self.settings, self.state)
+
+
+def _scaling(settings: Settings) -> dict[str, Any]:
+    if settings.ray_max_replicas > 0:
+        return {
+            "autoscaling_config": {
+                "min_replicas": max(1, settings.ray_min_replicas),
+                "max_replicas": max(settings.ray_max_replicas, settings.ray_min_replicas, 1),
+                # A replica's lanes busy plus one waiting each: scale out beyond that.
+                "target_ongoing_requests": 2 * max(1, round(settings.ray_replica_cpus)),
+            }
+        }
+    return {"num_replicas": max(1, settings.ray_model_replicas)}
+
+
+def build_app(settings: Settings) -> Application:
+    per_replica = max(1, settings.ray_models_per_replica)
+    lanes = max(1, round(settings.ray_replica_cpus))
+
+    class Models(ModelReplica):
+        @serve.multiplexed(max_num_models_per_replica=per_replica)
+        async def hold(self, model_id: str) -> _Held:
+            return await self._hold(model_id)
+
+    config = settings.model_dump(mode="json")
+    models = serve.deployment(
+        Models,
+        name="models",
+        ray_actor_options={"num_cpus": settings.ray_replica_cpus},
+        # Each replica admits its lanes' worth plus a short queue; the rest waits in the
+        # caller up to max_queue, then 503 (BackPressureError).
+        max_ongoing_requests=2 * lanes + 2,
+        max_queued_requests=max(1, settings.max_queue),
+        health_check_period_s=2,
+        health_check_timeout_s=10,
+        graceful_shutdown_timeout_s=5,
+        **_scaling(settings),
+    ).bind(config)
+    jobs = None
+    if settings.ray_job_replicas > 0 and settings.job_workers > 0:
+        jobs = serve.deployment(
+            JobReplica,
+            name="jobs",
+            num_replicas=settings.ray_job_replicas,
+            # Workers wait on the queue most of the time; their prompts share the node's cores.
+            ray_actor_options={"num_cpus": 0},
+            health_check_period_s=5,
+        ).bind(config)
+    ingress = serve.deployment(
+        serve.ingress()(Ingress),
+        name="ingress",
+        ray_actor_options={"num_cpus": 0},
+        max_ongoing_requests=1000,  # the doors bound themselves (admission, 503)
+    )
+    return ingress.bind(config, models, jobs)
+
+
+def app(args: dict[str, str]) -> Application:
+    """`serve run cvserve.ray:app models_dir=/shared/models ...`: settings from CVSERVE_*
+    variables, then the given arguments (any Settings field)."""
+    return build_app(Settings.from_env().with_overrides(**args))

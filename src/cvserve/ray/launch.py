@@ -1,0 +1,135 @@
+"""`cvserve serve --ray ADDRESS`: deploy the application on Ray Serve and serve the API on
+--host/--port through Serve's HTTP proxy until stopped.
+
+ADDRESS is `local` (a private Ray instance owned by this process: its own temp folder, no
+dashboard, gone when this process goes), `auto` (the cluster running on this machine) or a
+cluster address (`ray://...` or `HOST:PORT`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+import ray
+from ray import serve
+
+from cvserve.ray.app import APP_NAME, build_app
+from cvserve.settings import Settings
+
+log = logging.getLogger("cvserve.ray")
+PIDFILE = "ray-local.pid"
+
+
+def serve_on_ray(settings: Settings, address: str, *, ready: threading.Event | None = None) -> None:
+    local = address == "local"
+    temp_dir = None
+    if local:
+        _clean_after_crash(settings.data_dir)
+        # Short: Ray's unix sockets live under it and socket paths are capped at ~107 bytes.
+        temp_dir = tempfile.mkdtemp(prefix="cvray-", dir="/tmp")
+        needed = settings.ray_replica_cpus * max(
+            1, settings.ray_model_replicas, settings.ray_max_replicas
+        )
+        ray.init(
+            num_cpus=max(settings.cores, int(needed + 0.999)),
+            include_dashboard=False,
+            _temp_dir=temp_dir,
+            namespace=APP_NAME,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+        _write_pidfile(settings.data_dir, temp_dir)
+    else:
+        ray.init(address=address, namespace=APP_NAME, log_to_driver=False)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        serve.start(http_options={"host": settings.host, "port": settings.port})
+        serve.run(build_app(settings), name=APP_NAME, route_prefix="/")
+        log.info("cvserve on Ray Serve at http://%s:%d", settings.host, settings.port)
+        if ready is not None:
+            ready.set()
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        with contextlib.suppress(Exception):
+            if local:
+                serve.shutdown()
+            else:
+                serve.delete(APP_NAME)
+        ray.shutdown()
+        if temp_dir is not None:
+            (settings.data_dir / PIDFILE).unlink(missing_ok=True)
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _write_pidfile(data_dir: Path, temp_dir: str) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / PIDFILE).write_text(f"{os.getpid()} {temp_dir}\n")
+
+
+def _clean_after_crash(data_dir: Path) -> None:
+    """A `--ray local` server killed outright (SIGKILL) may leave its Ray processes: stop
+    every process whose command line names its temp folder, then remove the folder."""
+    path = data_dir / PIDFILE
+    try:
+        pid_text, temp_dir = path.read_text().split()
+    except (OSError, ValueError):
+        return
+    if _alive(int(pid_text)) or not temp_dir.startswith("/tmp/cvray-"):
+        return  # still running (another server on this data dir), or not ours
+    victims = [pid for pid, cmd in _processes() if temp_dir in cmd]
+    for pid in victims:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while victims and time.monotonic() < deadline and any(_alive(p) for p in victims):
+        time.sleep(0.05)
+    if victims:
+        log.warning("stopped %d Ray process(es) left by a killed server", len(victims))
+    shutil.rmtree(temp_dir, ignore_errors=True)
+    path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return Path(f"/proc/{pid}").exists() and "zombie" not in _status(pid)
+
+
+def _status(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().lower()
+    except OSError:
+        return ""
+
+
+def _processes() -> list[tuple[int, str]]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            out.append((int(entry.name), cmd))
+    return out
