@@ -74,29 +74,29 @@ def parse_hosted(query: Mapping[str, str], task: Task) -> tuple[InferParams, Ren
     get = query.get
     confidence = defaults.confidence
     if get("confidence") not in (None, "", *CONFIDENCE_WORDS):
-        confidence = parse_fraction("confidence", get("confidence"))
+        confidence = parse_fraction("confidence", query["confidence"])
     iou = defaults.iou
     if get("overlap") not in (None, ""):
-        iou = parse_fraction("overlap", get("overlap"))
+        iou = parse_fraction("overlap", query["overlap"])
     max_det = defaults.max_detections
     if get("max_detections") not in (None, ""):
-        max_det = parse_int("max_detections", get("max_detections"), 1, MAX_DETECTIONS_LIMIT)
+        max_det = parse_int("max_detections", query["max_detections"], 1, MAX_DETECTIONS_LIMIT)
     kp_conf = 0.0
     if get("keypoint_confidence") not in (None, ""):
-        kp_conf = parse_fraction("keypoint_confidence", get("keypoint_confidence"))
+        kp_conf = parse_fraction("keypoint_confidence", query["keypoint_confidence"])
     fmt = (get("format") or "json").strip().lower()
     if fmt not in FORMATS:
         raise BadRequest(f"parameter format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     stroke = 1
     if get("stroke") not in (None, ""):
-        stroke = parse_int("stroke", get("stroke"), 0, 100)
-    labels = parse_bool("labels", get("labels")) if get("labels") is not None else False
+        stroke = parse_int("stroke", query["stroke"], 0, 100)
+    labels = parse_bool("labels", query["labels"]) if get("labels") is not None else False
     mask_format = (get("response_mask_format") or "polygon").strip().lower()
     if mask_format not in MASK_FORMATS:
         raise BadRequest(
             f"parameter response_mask_format must be polygon or rle, got {mask_format!r}"
         )
-    fast = parse_bool("fast", get("fast")) if get("fast") is not None else False
+    fast = parse_bool("fast", query["fast"]) if get("fast") is not None else False
     params = InferParams(
         confidence=confidence,
         iou=iou,

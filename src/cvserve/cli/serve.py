@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from cvserve.cli.common import MODELS_DIR_OPT, console, setting_option, settings_with, split_list
 from cvserve.settings import Settings
+
+if TYPE_CHECKING:  # the zoo is imported only when a pull runs
+    from cvserve.zoo import ProgressCallback
 
 
 def serve(
@@ -132,7 +136,7 @@ def _pull_defaults(settings: Settings) -> None:
         ).start()
 
 
-def _pull_each(settings: Settings, names: list[str], progress: object) -> None:
+def _pull_each(settings: Settings, names: list[str], progress: ProgressCallback | None) -> None:
     from cvserve import zoo
     from cvserve.models.store import ModelStore
 

@@ -85,6 +85,7 @@ def cheap_resize(image: np.ndarray, model: Model) -> np.ndarray:
     size = model.info.input_size
     if getattr(spec, "interpolation", None) != "pil-bilinear" or not size or not all(size):
         return image
+    assert spec is not None  # its interpolation was read just above
     h, w = image.shape[:2]
     if spec.resize == "center-crop":
         new_w, new_h = center_crop_resize_size(w, h, *size)

@@ -135,6 +135,7 @@ class JobQueue:
                 (kind, project, json.dumps(payload), t, t),
             )
             job_id = cur.lastrowid
+        assert job_id is not None  # set by the INSERT above
         job = self.get(int(job_id))
         assert job is not None
         return job

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -19,6 +20,7 @@ from cvserve.models import registry
 from cvserve.models.base import InferParams, Model, Task
 from cvserve.models.ids import parse_model_id
 from cvserve.models.manifest import Manifest, info_from_manifest
+from cvserve.models.promptable import PromptableModel
 from cvserve.models.runtime import RuntimeOptions
 from cvserve.results import BoxMask, Detections, Prediction
 
@@ -47,7 +49,8 @@ class CompositeModel(Model):
             raise ModelLoadError(f"model {model_id}: composite needs postprocess.{e}") from e
         self.detector = load_sibling(root, det_id, options)
         try:
-            self.segmenter = load_sibling(root, seg_id, options)
+            # A Model with SAM's embed/segment: checked (hasattr "segment") just below.
+            self.segmenter = cast("PromptableModel[Any]", load_sibling(root, seg_id, options))
         except BaseException:
             self.detector.close()
             raise
@@ -62,7 +65,8 @@ class CompositeModel(Model):
 
     def predict(self, image: np.ndarray, params: InferParams) -> Prediction:
         h, w = image.shape[:2]
-        det: Detections = self.detector.predict(image, params).result
+        det = self.detector.predict(image, params).result
+        assert isinstance(det, Detections)  # the detector's task was checked at load
         masks: list[BoxMask] = []
         if len(det):
             embedding = self.segmenter.embed(image)  # once per image, shared by every box

@@ -13,7 +13,13 @@ import onnxruntime as ort
 
 from cvserve.errors import BadRequest, ModelLoadError
 from cvserve.models.base import ModelInfo, Task
-from cvserve.models.manifest import MANIFEST_NAME, Manifest, Preprocess, info_from_manifest
+from cvserve.models.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    Preprocess,
+    ResizeMode,
+    info_from_manifest,
+)
 from cvserve.models.store import ModelStore
 
 _ULTRALYTICS_TASKS = {
@@ -23,7 +29,7 @@ _ULTRALYTICS_TASKS = {
     "classify": Task.CLASSIFICATION,
 }
 _PEER_TASKS = {t.value: t for t in Task}
-_PEER_RESIZE = {
+_PEER_RESIZE: dict[str, tuple[ResizeMode, int]] = {
     "Stretch to": ("stretch", 114),
     "Fit (black edges) in": ("letterbox", 0),
     "Fit (white edges) in": ("letterbox", 255),

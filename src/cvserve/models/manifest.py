@@ -18,6 +18,7 @@ from cvserve.keypoint_sets import keypoint_layout
 from cvserve.models.base import ModelInfo, Task
 
 MANIFEST_NAME = "cvserve.json"
+ResizeMode = Literal["letterbox", "stretch", "center-crop", "fit", "none"]
 
 
 class Preprocess(BaseModel):
@@ -28,7 +29,7 @@ class Preprocess(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    resize: Literal["letterbox", "stretch", "center-crop", "fit", "none"] = "letterbox"
+    resize: ResizeMode = "letterbox"
     size: tuple[int, int] | None = None  # (width, height); None: from the ONNX input shape
     pad_value: int = 114
     # Letterbox placement: "center" (Ultralytics, peer) or "top-left".

@@ -37,7 +37,7 @@ class MoveNetModel(OnnxModel):
         super().__init__(model_id, manifest, folder, options)
         self.side = int(manifest.postprocess.get("input_side", DEFAULT_SIDE))
         self.keypoint_names = list(manifest.keypoint_names) or list(COCO_KEYPOINTS)
-        self.skeleton = [tuple(e) for e in manifest.skeleton] or list(COCO_SKELETON)
+        self.skeleton = [(a, b) for a, b in manifest.skeleton] or list(COCO_SKELETON)
         self._spec = manifest.preprocess.model_copy(
             update={"resize": "letterbox", "pad_align": "top-left", "pad_value": 0}
         )

@@ -81,15 +81,17 @@ def _pil_bilinear(image: np.ndarray, w: int, h: int, cols: tuple[int, int]) -> n
     height, width = image.shape[:2]
     c0, c1 = cols
     if image.size < _SPLIT_MIN_BYTES or not alone_now():
-        return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))[:, c0:c1]
+        return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))[
+            :, c0:c1
+        ]
 
     def horizontal(r0: int, r1: int) -> np.ndarray:
         band = Image.fromarray(image[r0:r1])
-        return np.asarray(band.resize((w, r1 - r0), Image.BILINEAR))
+        return np.asarray(band.resize((w, r1 - r0), Image.Resampling.BILINEAR))
 
     def vertical(k0: int, k1: int) -> np.ndarray:
         band = Image.fromarray(np.ascontiguousarray(mid[:, c0 + k0 : c0 + k1]))
-        return np.asarray(band.resize((k1 - k0, h), Image.BILINEAR))
+        return np.asarray(band.resize((k1 - k0, h), Image.Resampling.BILINEAR))
 
     mid = image if w == width else _in_halves(horizontal, height, axis=0)
     if h == height:
@@ -296,6 +298,7 @@ def to_tensor(pixels: np.ndarray, spec: Preprocess, dtype: type | None = None) -
             spec.dtype
         ]
     )
+    arr: np.ndarray
     if target in (np.uint8, np.int32):
         arr = pixels.astype(target, copy=False)
     elif pixels.dtype == np.uint8 and pixels.ndim == 3 and pixels.shape[2] == 3:

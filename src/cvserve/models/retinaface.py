@@ -73,7 +73,7 @@ class RetinaFaceModel(OnnxModel):
         # Big photos are scaled down first: faces stay findable, compute stays bounded.
         self.max_side = int(manifest.postprocess.get("max_side", DEFAULT_MAX_SIDE))
         self.keypoint_names = list(manifest.keypoint_names) or LANDMARK_NAMES
-        self.skeleton = [tuple(e) for e in manifest.skeleton] or LANDMARK_EDGES
+        self.skeleton = [(a, b) for a, b in manifest.skeleton] or LANDMARK_EDGES
         self._spec = manifest.preprocess.model_copy(update={"resize": "stretch"})
 
     def _input_size(self, width: int, height: int) -> tuple[int, int]:

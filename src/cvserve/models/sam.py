@@ -68,7 +68,7 @@ def encoder_input(image: np.ndarray, size: int = DEFAULT_INPUT) -> tuple[np.ndar
     resized = (
         image
         if (nh, nw) == (h, w)
-        else np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
+        else np.asarray(Image.fromarray(image).resize((nw, nh), Image.Resampling.BILINEAR))
     )
     x = np.zeros((1, 3, size, size), np.float32)
     norm = (resized.astype(np.float32) - PIXEL_MEAN) / PIXEL_STD

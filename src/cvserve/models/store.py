@@ -71,7 +71,9 @@ class ModelStore:
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp_old = None
         if dest.exists():
-            tmp_old = dest.with_name(dest.name + ".old-" + next(tempfile._get_candidate_names()))
+            # tempfile's own random 8-character names (a private CPython helper).
+            suffix = next(tempfile._get_candidate_names())  # type: ignore[attr-defined]  # not in typeshed
+            tmp_old = dest.with_name(dest.name + ".old-" + suffix)
             dest.rename(tmp_old)
         shutil.move(str(staged), str(dest))
         if tmp_old is not None:

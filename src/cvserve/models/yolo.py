@@ -41,7 +41,7 @@ class YoloModel(OnnxModel):
         if self.task is Task.KEYPOINT_DETECTION and self.kpt_count == 0:
             raise ModelLoadError(f"model {model_id}: pose model without postprocess.kpt_shape")
         self.keypoint_names = list(manifest.keypoint_names) or default_names(self.kpt_count)
-        self.skeleton = [tuple(e) for e in manifest.skeleton] or default_skeleton(self.kpt_count)
+        self.skeleton = [(a, b) for a, b in manifest.skeleton] or default_skeleton(self.kpt_count)
         if self.num_classes == 0:
             raise ModelLoadError(f"model {model_id}: no class names")
         self._check_outputs(model_id)
@@ -150,7 +150,9 @@ class YoloModel(OnnxModel):
         allowed = [i for i, n in enumerate(self.class_names) if n in params.class_filter]
         return np.isin(class_id, allowed)
 
-    def _decode_raw(self, rows: np.ndarray, params: InferParams):
+    def _decode_raw(
+        self, rows: np.ndarray, params: InferParams
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         nc = self.num_classes
         offset = 5 if self.layout == "v5" else 4
         # Class scores candidate-minor ((nc, N), the export's own contiguous layout when the
@@ -174,7 +176,9 @@ class YoloModel(OnnxModel):
         extra = rows[keep_idx, offset + nc :]
         return xyxy[keep_idx], scores[keep_idx], class_id[keep_idx], extra
 
-    def _decode_end2end(self, rows: np.ndarray, params: InferParams):
+    def _decode_end2end(
+        self, rows: np.ndarray, params: InferParams
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         scores = rows[:, 4]
         class_id = rows[:, 5].astype(np.int64)
         keep = scores > params.confidence

@@ -158,10 +158,11 @@ def proto_masks(
     ]
     logits_of = _logits(coefficients, protos, windows)
     for i, (bx0, by0, bx1, by1) in enumerate(boxes):
-        if windows[i] is None:
+        window = windows[i]
+        if window is None:
             out.append(BoxMask(bx0, by0, np.zeros((by1 - by0, bx1 - bx0), bool)))
             continue
-        jx0, _, jy0, _ = windows[i]
+        jx0, _, jy0, _ = window
         mask = (sample or _box_mask)(logits_of(i), xs, ys, (bx0, by0, bx1, by1), (jx0, jy0))
         out.append(BoxMask(bx0, by0, mask))
     return out
@@ -184,13 +185,13 @@ def _logits(
         grid = (coefficients @ flat).reshape(-1, mh, mw)
 
         def from_grid(i: int) -> np.ndarray:
-            x0, x1, y0, y1 = windows[i]  # type: ignore[misc]
+            x0, x1, y0, y1 = windows[i]  # type: ignore[misc]  # called only for i with a window
             return grid[i, y0:y1, x0:x1]
 
         return from_grid
 
     def per_window(i: int) -> np.ndarray:
-        x0, x1, y0, y1 = windows[i]  # type: ignore[misc]
+        x0, x1, y0, y1 = windows[i]  # type: ignore[misc]  # called only for i with a window
         win = protos[:, y0:y1, x0:x1].reshape(c, -1)
         return (coefficients[i] @ win).reshape(y1 - y0, x1 - x0)
 

@@ -34,7 +34,8 @@ def to_coco(rows: list[dict[str, Any]], class_names: list[str]) -> dict[str, Any
             cat["keypoints"] = [kp_names.get(i, str(i)) for i in range(kp_count)]
             cat["skeleton"] = [[a + 1, b + 1] for a, b in default_skeleton(kp_count)]
         categories.append(cat)
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     seen: set[str] = set()
     for row in rows:
         name = str(row["file"])

@@ -17,20 +17,23 @@ from __future__ import annotations
 import shutil
 import statistics
 import time
-from collections.abc import Iterable
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cvserve.errors import BadRequest
-from cvserve.models.base import InferParams
+from cvserve.models.base import InferParams, Model
 from cvserve.models.ids import parse_model_id
 from cvserve.models.manifest import Manifest
 from cvserve.models.runtime import RuntimeOptions
 from cvserve.models.store import ModelStore
 from cvserve.results import Classification, Detections, Prediction
+
+if TYPE_CHECKING:  # onnx is the optional `quantize` extra, imported when quantizing
+    import onnx
 
 # The ops of a conv backbone, SiLU (Sigmoid, Mul) included: leaving those float costs a
 # dequantize/quantize pair around every conv (measured: x1.09 instead of x1.7 on YOLOv8n).
@@ -90,14 +93,14 @@ def photos_from(folder: Path, limit: int = 64) -> list[np.ndarray]:
     return [decode_image(p.read_bytes()) for p in files]
 
 
-def _head_nodes(model) -> list[str]:
+def _head_nodes(model: onnx.ModelProto) -> list[str]:
     """Names of the nodes that stay float: for Ultralytics heads, every node of the head
     module except its 3x3 convolutions (the final 1x1 convs, DFL, box decoding, the Concat
     that mixes pixel coordinates with 0..1 scores); for other graphs, the last
     Conv/Gemm/MatMul before each output."""
     graph = model.graph
     producers = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, list] = {}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
     for n in graph.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
@@ -126,8 +129,8 @@ def _head_nodes(model) -> list[str]:
     return sorted(set(head))
 
 
-def _last_module_index(graph) -> int | None:
-    idx = []
+def _last_module_index(graph: onnx.GraphProto) -> int | None:
+    idx: list[int] = []
     for n in graph.node:
         if n.name.startswith("/model."):
             part = n.name.split("/")[1].split(".")[1]
@@ -136,7 +139,7 @@ def _last_module_index(graph) -> int | None:
     return max(idx) if idx else None
 
 
-def _kernel(node) -> int:
+def _kernel(node: onnx.NodeProto) -> int:
     for a in node.attribute:
         if a.name == "kernel_shape":
             return int(a.ints[0])
@@ -147,10 +150,10 @@ class _Reader:
     """CalibrationDataReader over preprocessed photos."""
 
     def __init__(self, name: str, tensors: list[np.ndarray]) -> None:
-        self._it: Iterable[dict[str, np.ndarray]] = iter([{name: t} for t in tensors])
+        self._it: Iterator[dict[str, np.ndarray]] = iter([{name: t} for t in tensors])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._it, None)  # type: ignore[call-overload]
+        return next(self._it, None)
 
 
 def quantize_file(
@@ -241,7 +244,8 @@ def quantize_model(
     if preprocess is None:
         raise BadRequest(f"{model_id}: family {manifest.family} has no tensor preprocessing")
     tensors = [preprocess(p)[0] for p in photos]
-    input_name = model.pool.input_names[0]  # type: ignore[attr-defined]
+    # A family with tensor preprocessing is a single-file ONNX model, which has a pool.
+    input_name = model.pool.input_names[0]  # type: ignore[attr-defined]  # see above
     folder = store.folder(model_id)
     staged = store.staging_dir()
     try:
@@ -302,7 +306,7 @@ def _speed(
     return statistics.median(times[0]) * 1e3, statistics.median(times[1]) * 1e3
 
 
-def compare(model, quant, photos: list[np.ndarray]) -> dict[str, float]:
+def compare(model: Model, quant: Model, photos: list[np.ndarray]) -> dict[str, float]:
     """Agreement of the int8 model's predictions with the float model's on the photos."""
     task = model.task
     params = InferParams.defaults_for(task)

@@ -253,7 +253,7 @@ def _detections_from_json(body: dict[str, Any], width: int, height: int) -> Dete
     xyxy = np.zeros((n, 4), np.float32)
     conf = np.zeros((n,), np.float32)
     cls = np.zeros((n,), np.int64)
-    masks = [] if any("points" in p or "rle" in p for p in preds) else None
+    masks: list[BoxMask] | None = [] if any("points" in p or "rle" in p for p in preds) else None
     has_kps = any("keypoints" in p for p in preds)
     kp_count = 0
     kp_names: dict[int, str] = {}

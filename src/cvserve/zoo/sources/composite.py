@@ -9,6 +9,7 @@ from cvserve.models.base import InferParams, Task
 from cvserve.models.composite import CompositeModel
 from cvserve.models.manifest import Manifest
 from cvserve.models.runtime import RuntimeOptions
+from cvserve.results import Detections
 from cvserve.zoo.base import BuildContext, require
 from cvserve.zoo.catalog import CATALOG
 
@@ -42,6 +43,7 @@ def check(ctx: BuildContext, folder: Path, manifest: Manifest) -> None:
     model = CompositeModel(ctx.entry.model_id, manifest, ctx.store.root, RuntimeOptions())
     image = ctx.photo("chelsea")
     det = model.predict(image, InferParams(confidence=0.5)).result
+    assert isinstance(det, Detections) and det.masks is not None  # masks always set
     require(len(det) >= 1 and det.name_of(0) == "cat", f"chelsea: {len(det)} detections")
     mask = det.masks[0]
     x1, y1, x2, y2 = det.xyxy[0]

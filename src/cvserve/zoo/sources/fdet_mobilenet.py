@@ -6,8 +6,11 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from cvserve.models.base import InferParams, Task
+import numpy as np
+
+from cvserve.models.base import InferParams, Model, Task
 from cvserve.models.manifest import Manifest, Preprocess
+from cvserve.results import Classification
 from cvserve.zoo.base import BuildContext, require
 from cvserve.zoo.labels import imagenet_classes
 from cvserve.zoo.packages import read_member
@@ -48,8 +51,9 @@ def build(ctx: BuildContext, folder: Path) -> Manifest:
     )
 
 
-def top1(model, image) -> tuple[str, float]:  # noqa: ANN001
+def top1(model: Model, image: np.ndarray) -> tuple[str, float]:
     result = model.predict(image, InferParams()).result
+    assert isinstance(result, Classification)  # a classifier
     i = int(result.scores.argmax())
     return result.class_names[i], float(result.scores[i])
 

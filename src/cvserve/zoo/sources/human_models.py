@@ -11,6 +11,7 @@ import numpy as np
 from cvserve.keypoint_sets import COCO_KEYPOINTS, COCO_SKELETON
 from cvserve.models.base import InferParams, Task
 from cvserve.models.manifest import Manifest, Preprocess
+from cvserve.results import Detections
 from cvserve.zoo.base import BuildContext, require
 from cvserve.zoo.packages import read_members
 from cvserve.zoo.tooling import TF
@@ -60,6 +61,7 @@ def build(ctx: BuildContext, folder: Path) -> Manifest:
 def check(ctx: BuildContext, folder: Path, manifest: Manifest) -> None:
     model = ctx.load(folder, manifest)
     det = model.predict(ctx.photo("astronaut"), InferParams(confidence=0.3)).result
+    assert isinstance(det, Detections) and det.keypoints is not None  # a keypoint model
     require(len(det) == 1, f"expected one person on the astronaut, found {len(det)}")
     nose = det.keypoints[0, COCO_KEYPOINTS.index("nose")]
     # Her nose is at about (223, 125) in the 512x512 photo.

@@ -10,6 +10,7 @@ import numpy as np
 
 from cvserve.models.base import Task
 from cvserve.models.manifest import Manifest, Preprocess
+from cvserve.models.promptable import PromptableModel
 from cvserve.zoo.base import BuildContext, require
 from cvserve.zoo.packages import extract_tree, read_member
 from cvserve.zoo.tooling import TORCH
@@ -62,6 +63,7 @@ def build(ctx: BuildContext, folder: Path) -> Manifest:
 
 def check(ctx: BuildContext, folder: Path, manifest: Manifest) -> None:
     model = ctx.load(folder, manifest)
+    assert isinstance(model, PromptableModel)  # the sam family
     image = ctx.photo("chelsea")
     emb = model.embed(image)
     # One click on the cat's chest: the mask is the cat, most of the frame's middle.

@@ -11,8 +11,11 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from cvserve.models.base import InferParams, Task
+import numpy as np
+
+from cvserve.models.base import InferParams, Model, Task
 from cvserve.models.manifest import Manifest, Preprocess
+from cvserve.results import Detections
 from cvserve.zoo.base import BuildContext, require
 from cvserve.zoo.labels import COCO_90
 from cvserve.zoo.packages import read_member
@@ -52,8 +55,9 @@ def build(ctx: BuildContext, folder: Path) -> Manifest:
     )
 
 
-def top_names(model, image, confidence: float = 0.5) -> list[str]:  # noqa: ANN001
+def top_names(model: Model, image: np.ndarray, confidence: float = 0.5) -> list[str]:
     det = model.predict(image, InferParams(confidence=confidence)).result
+    assert isinstance(det, Detections)  # a detector
     return [det.name_of(i) for i in range(len(det))]
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from cvserve.models.base import InferParams, Task
 from cvserve.models.manifest import Manifest, Preprocess
+from cvserve.results import SemanticMask
 from cvserve.zoo.base import BuildContext, require
 from cvserve.zoo.packages import read_member
 
@@ -43,7 +44,9 @@ def build(ctx: BuildContext, folder: Path) -> Manifest:
 
 def check(ctx: BuildContext, folder: Path, manifest: Manifest) -> None:
     model = ctx.load(folder, manifest)
-    mask = model.predict(ctx.photo("chelsea"), InferParams(confidence=0.5)).result.class_map
+    result = model.predict(ctx.photo("chelsea"), InferParams(confidence=0.5)).result
+    assert isinstance(result, SemanticMask)  # a semantic-segmentation manifest
+    mask = result.class_map
     # Chelsea sits in the middle of the frame; the left and right edges are background.
     h, w = mask.shape
     centre = mask[h // 4 : 3 * h // 4, w // 3 : 2 * w // 3].mean()

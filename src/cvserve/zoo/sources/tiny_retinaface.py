@@ -10,6 +10,7 @@ from pathlib import Path
 from cvserve.models.base import InferParams, Task
 from cvserve.models.manifest import Manifest, Preprocess
 from cvserve.models.retinaface import LANDMARK_EDGES, LANDMARK_NAMES
+from cvserve.results import Detections
 from cvserve.zoo.base import BuildContext, require
 from cvserve.zoo.errors import ZooError
 from cvserve.zoo.packages import read_member
@@ -53,6 +54,7 @@ def build(ctx: BuildContext, folder: Path) -> Manifest:
 def check(ctx: BuildContext, folder: Path, manifest: Manifest) -> None:
     model = ctx.load(folder, manifest)
     det = model.predict(ctx.photo("astronaut"), InferParams(confidence=0.5)).result
+    assert isinstance(det, Detections) and det.keypoints is not None  # a keypoint model
     require(len(det) == 1, f"expected one face on the astronaut, found {len(det)}")
     x1, y1, x2, y2 = det.xyxy[0]
     nose = det.keypoints[0, 2, :2]
@@ -61,5 +63,6 @@ def check(ctx: BuildContext, folder: Path, manifest: Manifest) -> None:
         f"astronaut face {det.xyxy[0].round().tolist()} score {det.confidence[0]:.2f}",
     )
     cat = model.predict(ctx.photo("chelsea"), InferParams(confidence=0.5)).result
+    assert isinstance(cat, Detections)
     require(len(cat) == 0, f"found {len(cat)} faces on the cat")
     model.close()
