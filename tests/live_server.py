@@ -81,7 +81,7 @@ class LiveServer:
 
 
 def serve_subprocess(
-    store_dir: Path, *extra: str, env: dict[str, str] | None = None
+    store_dir: Path, *extra: str, env: dict[str, str] | None = None, timeout: float = 60.0
 ) -> tuple[subprocess.Popen, str]:
     """`cvserve serve --no-pull` on a free port; returns (process, base URL) once ready."""
     port = free_port()
@@ -103,7 +103,7 @@ def serve_subprocess(
     proc.log_path = Path(log.name)  # type: ignore[attr-defined]
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url, timeout=60.0, proc=proc)
+        wait_ready(url, timeout=timeout, proc=proc)
     except Exception:
         proc.kill()
         raise

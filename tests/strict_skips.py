@@ -15,7 +15,12 @@ from typing import Any
 
 import pytest
 
-HEADLINE_FILES = ("test_clients_*.py", "test_web.py", "test_ultralytics_parity.py")
+HEADLINE_FILES = (
+    "test_clients_*.py",
+    "test_web.py",
+    "test_ultralytics_parity.py",
+    "test_ray_serve.py",
+)
 HEADLINE_TESTS = ("test_client.py::test_to_supervision",)
 
 

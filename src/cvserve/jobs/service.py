@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from cvserve.jobs.db import DB_NAME, Database
 from cvserve.jobs.files import FileStore
-from cvserve.jobs.queue import DEFAULT_LEASE_MS, JobQueue
+from cvserve.jobs.queue import JobQueue
 from cvserve.jobs.segment import KIND as SEGMENT_KIND
 from cvserve.jobs.segment import SegmentHandler
 from cvserve.jobs.workers import WorkerPool
@@ -27,13 +27,13 @@ class JobsService:
         settings: Settings,
         engine: Engine,
         *,
-        lease_ms: int = DEFAULT_LEASE_MS,
+        lease_ms: int | None = None,
         poll_s: float = 1.0,
         grace_s: float = 10.0,
     ) -> None:
         self.settings = settings
         self.engine = engine
-        self.lease_ms = lease_ms
+        self.lease_ms = lease_ms if lease_ms is not None else round(settings.job_lease_s * 1000)
         self.poll_s = poll_s
         self.grace_s = grace_s
         self._lock = threading.Lock()

@@ -62,7 +62,6 @@ def build_app(settings: Settings) -> Application:
 
     config = settings.model_dump(mode="json")
     models = serve.deployment(
-        Models,
         name="models",
         ray_actor_options={"num_cpus": settings.ray_replica_cpus},
         # Each replica admits its lanes' worth plus a short queue; the rest waits in the
@@ -73,23 +72,21 @@ def build_app(settings: Settings) -> Application:
         health_check_timeout_s=10,
         graceful_shutdown_timeout_s=5,
         **_scaling(settings),
-    ).bind(config)
+    )(Models).bind(config)
     jobs = None
     if settings.ray_job_replicas > 0 and settings.job_workers > 0:
         jobs = serve.deployment(
-            JobReplica,
             name="jobs",
             num_replicas=settings.ray_job_replicas,
             # Workers wait on the queue most of the time; their prompts share the node's cores.
             ray_actor_options={"num_cpus": 0},
             health_check_period_s=5,
-        ).bind(config)
+        )(JobReplica).bind(config)
     ingress = serve.deployment(
-        serve.ingress()(Ingress),
         name="ingress",
         ray_actor_options={"num_cpus": 0},
         max_ongoing_requests=1000,  # the doors bound themselves (admission, 503)
-    )
+    )(serve.ingress()(Ingress))
     return ingress.bind(config, models, jobs)
 
 

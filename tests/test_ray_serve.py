@@ -1,0 +1,279 @@
+"""cvserve on Ray Serve, on a real two-node local Ray cluster (`ray.cluster_utils.Cluster`):
+`cvserve serve --ray ADDRESS` joins it and answers like `cvserve serve` (the hosted route in
+its body forms and formats, /infer for the official SDK, the SDK, the jobs API, keys and
+errors); a model replica killed under load means only 200s and honest 503s, and the replica
+comes back; a job worker killed mid-job leaves the job to another, which completes it."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+ray = pytest.importorskip("ray", reason="Ray Serve is not installed: pip install 'cvserve[ray]'")
+
+from ray.cluster_utils import Cluster  # noqa: E402
+
+import cvserve  # noqa: E402
+from cvserve.jobs.db import DB_NAME  # noqa: E402
+from tests.conftest import add_model  # noqa: E402
+from tests.live_server import LiveServer, serve_subprocess, stop  # noqa: E402
+from tests.synthetic import (  # noqa: E402
+    jpeg_bytes,
+    png_bytes,
+    rect_finder_model,
+    rect_image,
+    ultralytics_meta,
+)
+from tests.synthetic_sam import MODEL_ID as SAM_ID  # noqa: E402
+from tests.synthetic_sam import write_sam_model  # noqa: E402
+from tests.synthetic_store import build_store  # noqa: E402
+
+KEY = "ray-test-key"
+VOLATILE = {"time", "inference_id", "detection_id"}
+PHOTO = jpeg_bytes(rect_image(1280, 720, (300, 200, 900, 600)), quality=95)
+PROJECT = "/api/v1/projects/ray"
+BETA = {"cdf-version": "beta"}
+
+
+def strip(body: Any) -> Any:
+    if isinstance(body, dict):
+        return {k: strip(v) for k, v in body.items() if k not in VOLATILE}
+    if isinstance(body, list):
+        return [strip(v) for v in body]
+    return body
+
+
+@pytest.fixture(scope="module")
+def store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("ray")
+    store = build_store(root / "models", root / "work")  # det, seg, pose, cls, sem
+    meta = ultralytics_meta("detect", ["rect"])
+    add_model(store, "rect/1", rect_finder_model(root / "rect.onnx", metadata=meta))
+    write_sam_model(root / "models", SAM_ID, encoder_work=2)
+    write_sam_model(root / "models", "slowsam/1", encoder_work=2, decoder_work=400)
+    store.close()
+    return root / "models"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    """Two Ray nodes on this machine, 2 logical CPUs each."""
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    c.add_node(num_cpus=2)
+    c.wait_for_nodes()
+    ray.init(address=c.address, namespace="cvserve-tests", log_to_driver=False)
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_server(cluster: Cluster, store_dir: Path) -> Iterator[str]:
+    env = {
+        "CVSERVE_API_KEYS": KEY,
+        "CVSERVE_JOB_LEASE_S": "3",
+        "CVSERVE_RAY_JOB_REPLICAS": "2",
+        "CVSERVE_DATA_DIR": str(store_dir.parent / "ray-data"),
+    }
+    proc, url = serve_subprocess(
+        store_dir, "--ray", cluster.address, "--replicas", "2", env=env, timeout=180.0
+    )
+    try:
+        yield url
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="module")
+def plain_server(store_dir: Path) -> Iterator[str]:
+    with LiveServer(store_dir, api_keys=(KEY,), data_dir=store_dir.parent / "plain-data") as live:
+        yield live.url
+
+
+def answers(url: str) -> dict[str, Any]:
+    """The same requests, in every body form and format the hosted API takes."""
+    out: dict[str, Any] = {}
+    b64 = base64.b64encode(PHOTO).decode()
+    key = {"api_key": KEY}
+    with httpx.Client(base_url=url, timeout=60) as http:
+        for model in ("det/1", "seg/1", "pose/1", "cls/1", "sem/1", "rect/1"):
+            r = http.post(f"/{model}", params=key, content=PHOTO)
+            out[f"{model} raw"] = (r.status_code, strip(r.json()))
+        form = {"content": b64, "headers": {"Content-Type": "application/x-www-form-urlencoded"}}
+        r = http.post("/rect/1", params={**key, "confidence": "50"}, **form)  # type: ignore[arg-type]
+        out["base64 form"] = (r.status_code, strip(r.json()))
+        r = http.post("/rect/1", params=key, files={"file": ("p.jpg", PHOTO, "image/jpeg")})
+        out["multipart"] = (r.status_code, strip(r.json()))
+        r = http.post("/seg/1", params={**key, "response_mask_format": "rle"}, content=PHOTO)
+        out["rle"] = (r.status_code, strip(r.json()))
+        r = http.post("/rect/1", params={**key, "format": "image", "stroke": "3"}, content=PHOTO)
+        out["format=image"] = (r.status_code, r.headers["content-type"], r.content)
+        body = {"model_id": "det/1", "api_key": KEY, "image": {"type": "base64", "value": b64}}
+        r = http.post("/infer/object_detection", json=body)
+        out["/infer"] = (r.status_code, strip(r.json()))
+        body["image"] = [body["image"], body["image"]]  # type: ignore[assignment]
+        r = http.post("/infer/object_detection", json=body)
+        out["/infer list"] = (r.status_code, strip(r.json()))
+        # errors: the same status and message
+        out["no key"] = (lambda r: (r.status_code, r.json()))(http.post("/det/1", content=PHOTO))
+        r = http.post("/nope/1", params=key, content=PHOTO)
+        out["404"] = (r.status_code, r.json())
+        r = http.post("/det/1", params={**key, "confidence": "x"}, content=PHOTO)
+        out["400"] = (r.status_code, r.json())
+        r = http.post("/det/1", params=key, content=b"\x00\x01 not an image")
+        out["415"] = (r.status_code, r.json())
+        r = http.post("/infer/classification", json={**body, "model_id": "det/1"})
+        out["/infer wrong task"] = (r.status_code, r.json())
+        out["openapi"] = sorted(http.get("/openapi.json").json()["paths"])
+    with cvserve.Client(url, api_key=KEY, timeout=60) as client:
+        out["SDK"] = strip(client.model("pose/1").predict(PHOTO).json())
+    return out
+
+
+def run_job(url: str, model: str = SAM_ID) -> tuple[dict[str, Any], list[str]]:
+    headers = {**BETA, "api-key": KEY}
+    image = png_bytes(rect_image(320, 240, (40, 30, 200, 150)))
+    with httpx.Client(base_url=url, timeout=60, headers={"api-key": KEY}) as http:
+        r = http.post(f"{PROJECT}/files/upload", files={"file": ("a.png", image, "image/png")})
+        assert r.status_code == 201, r.text
+        body = {"items": [{"fileId": r.json()["id"]}], "points": [{"x": 0.3, "y": 0.4}]}
+        if model != SAM_ID:
+            body["model"] = model
+        r = http.post(f"{PROJECT}/context/vision/segment", json=body, headers=headers)
+        assert r.status_code == 200, r.text
+        job_id = r.json()["jobId"]
+        seen: list[str] = []
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            job = http.get(f"{PROJECT}/context/vision/segment/{job_id}", headers=headers).json()
+            seen.append(job["status"])
+            if job["status"] in ("Completed", "Failed"):
+                return job, seen
+            time.sleep(0.1)
+    raise AssertionError(f"job {job_id} not done: {seen[-5:]}")
+
+
+def test_ray_answers_exactly_like_plain_serve(ray_server: str, plain_server: str) -> None:
+    on_ray, plain = answers(ray_server), answers(plain_server)
+    assert on_ray.keys() == plain.keys()
+    for name in plain:
+        assert on_ray[name] == plain[name], name
+    assert plain["det/1 raw"][0] == 200 and plain["no key"][0] == 403
+    assert plain["404"][0] == 404 and plain["400"][0] == 400 and plain["415"][0] == 415
+    ray_job, _ = run_job(ray_server)
+    plain_job, _ = run_job(plain_server)
+    assert ray_job["status"] == plain_job["status"] == "Completed"
+    assert ray_job["items"][0]["segments"] == plain_job["items"][0]["segments"]
+    assert ray_job["items"][0]["segments"]
+
+
+def _replicas(prefix: str) -> list[tuple[str, str]]:
+    """(actor name, namespace) of the Serve replicas of deployment `prefix`."""
+    found = ray.util.list_named_actors(all_namespaces=True)
+    return [
+        (a["name"], a["namespace"])
+        for a in found
+        if "SERVE_REPLICA" in a["name"] and f"#{prefix}#" in a["name"]
+    ]
+
+
+def test_model_replica_killed_under_load(ray_server: str) -> None:
+    statuses: list[int] = []
+    stop_at = time.monotonic() + 12
+    lock = threading.Lock()
+
+    def client() -> None:
+        with httpx.Client(base_url=ray_server, timeout=60, params={"api_key": KEY}) as http:
+            while time.monotonic() < stop_at:
+                r = http.post("/rect/1", content=PHOTO)
+                if r.status_code == 503:
+                    assert int(r.headers["retry-after"]) >= 1
+                with lock:
+                    statuses.append(r.status_code)
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(3)
+    replicas = _replicas("models")
+    assert len(replicas) == 2, replicas
+    name, namespace = replicas[0]
+    ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
+    killed_at = len(statuses)
+    for t in threads:
+        t.join(timeout=60)
+    assert set(statuses) <= {200, 503}, sorted(set(statuses))
+    assert statuses.count(200) > killed_at, "requests went on being answered after the kill"
+    # Serve starts a replacement: two replicas again, and every request answered.
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and len(_replicas("models")) < 2:
+        time.sleep(0.5)
+    assert len(_replicas("models")) == 2
+    with httpx.Client(base_url=ray_server, timeout=60, params={"api_key": KEY}) as http:
+        assert all(http.post("/rect/1", content=PHOTO).status_code == 200 for _ in range(6))
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def test_job_worker_killed_mid_job_completes_on_another(ray_server: str, store_dir: Path) -> None:
+    assert len(_replicas("jobs")) == 2
+    headers = {**BETA, "api-key": KEY}
+    image = png_bytes(rect_image(320, 240, (40, 30, 200, 150)))
+    db_path = store_dir.parent / "ray-data" / DB_NAME
+    with httpx.Client(base_url=ray_server, timeout=60, headers={"api-key": KEY}) as http:
+        r = http.post(f"{PROJECT}/files/upload", files={"file": ("b.png", image, "image/png")})
+        assert r.status_code == 201, r.text
+        body = {"items": [{"fileId": r.json()["id"]}], "points": [{"x": 0.3, "y": 0.4}]}
+        r = http.post(
+            f"{PROJECT}/context/vision/segment",
+            json={**body, "model": "slowsam/1"},
+            headers=headers,
+        )
+        assert r.status_code == 200, r.text
+        job_id = r.json()["jobId"]
+        # The worker that claimed it: its process id is in the job's lease owner.
+        owner = None
+        deadline = time.monotonic() + 60
+        while owner is None and time.monotonic() < deadline:
+            with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5) as db:
+                row = db.execute(
+                    "SELECT status, owner FROM jobs WHERE id = ?", (job_id,)
+                ).fetchone()
+            if row and row[0] == "Running" and row[1]:
+                owner = row[1]
+            time.sleep(0.05)
+        assert owner is not None, "no worker claimed the job"
+        victim = int(owner.rsplit(":", 2)[1])
+        assert "ServeReplica:cvserve:jobs" in _command_line(victim), _command_line(victim)
+        os.kill(victim, signal.SIGKILL)  # the job worker dies mid-job
+        seen: list[str] = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            job = http.get(f"{PROJECT}/context/vision/segment/{job_id}", headers=headers).json()
+            seen.append(job["status"])
+            if job["status"] in ("Completed", "Failed"):
+                break
+            time.sleep(0.1)
+    assert job["status"] == "Completed", (job, seen[-5:])
+    assert job["items"][0]["segments"]
+    order = {"Queued": 0, "Running": 1, "Completed": 2, "Failed": 2}
+    ranks = [order[s] for s in seen]
+    assert ranks == sorted(ranks), seen  # never backwards
+    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5) as db:
+        (attempt,) = db.execute("SELECT attempt FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    assert attempt >= 2  # it ran again, on another worker
