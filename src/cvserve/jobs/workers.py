@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cvserve.errors import CVServeError
-from cvserve.jobs.queue import Job, JobQueue
+from cvserve.jobs.queue import Job
+from cvserve.jobs.stores import QueueStore
 
 log = logging.getLogger("cvserve.jobs")
 
@@ -38,7 +39,7 @@ Handler = Callable[[Job], Outcome]
 class WorkerPool:
     def __init__(
         self,
-        queue: JobQueue,
+        queue: QueueStore,
         handlers: Mapping[str, Handler],
         workers: int = 1,
         *,
