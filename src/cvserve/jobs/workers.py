@@ -66,7 +66,11 @@ class WorkerPool:
         if self._threads:
             return
         self._stop.clear()
-        recovered = self.queue.recover()
+        try:
+            recovered = self.queue.recover()
+        except Exception:  # the database is down: the workers poll until it is back
+            log.exception("could not resume jobs left running; their leases will expire")
+            recovered = 0
         if recovered:
             log.warning("resuming %d job(s) left running by a stopped server", recovered)
         for i in range(self.workers):
