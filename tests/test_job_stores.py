@@ -401,3 +401,18 @@ def test_the_plain_install_never_imports_psycopg(tmp_path: Path) -> None:
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
+
+
+def test_database_url_and_lease_settings_env_and_flag() -> None:
+    import typer.main
+
+    from cvserve.cli import app
+
+    s = Settings.from_env(
+        {"CVSERVE_DATABASE_URL": "postgresql://u:pw@h/db", "CVSERVE_JOB_LEASE_S": "2.5"}
+    )
+    assert s.database_url == "postgresql://u:pw@h/db" and s.job_lease_s == 2.5
+    assert Settings().database_url is None and Settings().job_lease_s == 60.0
+    serve = typer.main.get_command(app).commands["serve"]  # type: ignore[attr-defined]
+    (flag,) = [p for p in serve.params if "--database-url" in p.opts]
+    assert flag.envvar == "CVSERVE_DATABASE_URL" and flag.default is None

@@ -32,7 +32,7 @@ def serve(
         "database_url",
         "--database-url",
         help="postgresql://... : jobs and files in PostgreSQL, shared by every replica "
-        "(needs cvserve[postgres]; default: SQLite + a folder in the data dir). Prefer the "
+        "(needs the postgres extra; default: SQLite + a folder in the data dir). Prefer the "
         "environment variable for a URL with a password: flags show in `ps`.",
     ),
     no_pull: bool = typer.Option(

@@ -338,19 +338,19 @@ class PostgresQueue:
                 "SELECT id, owner FROM cvserve_jobs WHERE status = 'Running'"
             ).fetchall()
         )
-        n = 0
-        for row in rows:
-            if owner_is_dead(row["owner"], self.owner):
-                job_id, owner = row["id"], row["owner"]
-                n += self.db.run(
-                    lambda c, job_id=job_id, owner=owner: (
-                        c.execute(
-                            "UPDATE cvserve_jobs SET lease_until = 0 WHERE id = %s"
-                            " AND status = 'Running' AND owner IS NOT DISTINCT FROM %s",
-                            (job_id, owner),
-                        ).rowcount
-                    )
-                )
+        dead = [(r["id"], r["owner"]) for r in rows if owner_is_dead(r["owner"], self.owner)]
+
+        def expire(c: psycopg.Connection[Any]) -> int:
+            n = 0
+            for job_id, owner in dead:
+                n += c.execute(
+                    "UPDATE cvserve_jobs SET lease_until = 0 WHERE id = %s"
+                    " AND status = 'Running' AND owner IS NOT DISTINCT FROM %s",
+                    (job_id, owner),
+                ).rowcount
+            return n
+
+        n = self.db.run(expire) if dead else 0
         return n
 
     def claim(self, kinds: Iterable[str]) -> Job | None:
