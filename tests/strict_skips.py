@@ -1,7 +1,7 @@
 """With CI=true, a skipped headline-feature test is a failure (a pytest plugin).
 
-The official clients, the web page, Ultralytics parity and the supervision conversion
-skip when their tools are missing (a laptop without Chromium); in CI that would hide a
+The official clients, the web page, Ultralytics parity, the supervision conversion and the
+PostgreSQL stores skip when their tools are missing (a laptop without Chromium); in CI that would hide a
 broken feature behind a green run, so there the skip fails with its reason.
 """
 
@@ -20,6 +20,8 @@ HEADLINE_FILES = (
     "test_web.py",
     "test_ultralytics_parity.py",
     "test_ray_serve.py",
+    "test_job_stores.py",  # the PostgreSQL half needs a real server (tests/postgres_server.py)
+    "test_jobs_postgres.py",
 )
 HEADLINE_TESTS = ("test_client.py::test_to_supervision",)
 

@@ -60,7 +60,11 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = 0  # per API key; 0 disables
     auto_pull: bool = True  # pull the default real models when the store is empty
     job_workers: int = 1
-    job_lease_s: float = 60.0  # a job whose worker stops renewing is claimed again after it
+    # A running job whose worker stops renewing its lease for this long is run again elsewhere.
+    job_lease_s: float = Field(default=60.0, gt=0)
+    # postgresql://...: jobs and files (metadata and bytes) in PostgreSQL, shared by every
+    # replica; None: SQLite + the data dir's files/ folder. Kept out of repr (a password).
+    database_url: str | None = Field(default=None, repr=False)
     log_level: str = "info"
     # Ray Serve (`cvserve serve --ray`): model replicas, each with its CPU share (its ONNX
     # Runtime threads follow it), autoscaling bounds (0, 0: a fixed count), models per replica.

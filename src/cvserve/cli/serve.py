@@ -32,6 +32,13 @@ def serve(
         "--workers",
         help="Inference lanes per model (0: auto, one per core plus an all-core session).",
     ),
+    database_url: str | None = setting_option(
+        "database_url",
+        "--database-url",
+        help="postgresql://... : jobs and files in PostgreSQL, shared by every replica "
+        "(needs the postgres extra; default: SQLite + a folder in the data dir). Prefer the "
+        "environment variable for a URL with a password: flags show in `ps`.",
+    ),
     no_pull: bool = typer.Option(
         False, "--no-pull", help="Don't pull the default models into an empty store."
     ),
@@ -72,6 +79,7 @@ def serve(
         api_keys=split_list(api_key),
         allow_url_hosts=split_list(allow_url_host),
         workers=workers,
+        database_url=database_url,
         log_level=log_level,
         auto_pull=False if no_pull else None,
         ray_model_replicas=replicas,

@@ -1,10 +1,14 @@
-"""Durable background jobs: a SQLite queue in the data dir, stored files, worker threads.
+"""Durable background jobs: a queue, stored files, worker threads.
 
-Used by the promptable segmentation API (`cvserve.http.vision`); see `queue` for how
-accepted jobs survive crashes and restarts.
+Storage is SQLite + a folder in the data dir (one machine, the default) or PostgreSQL when
+`database_url` is set (every replica shares it): one `QueueStore` and one `FilesStore`
+interface (`cvserve.jobs.stores`), two implementations each. Used by the promptable
+segmentation API (`cvserve.http.segment`); see `queue` for how accepted jobs survive
+crashes and restarts.
 """
 
 from cvserve.jobs.queue import Job, JobQueue, JobStatus
 from cvserve.jobs.service import JobsService
+from cvserve.jobs.stores import FilesStore, QueueStore
 
-__all__ = ["Job", "JobQueue", "JobStatus", "JobsService"]
+__all__ = ["FilesStore", "Job", "JobQueue", "JobStatus", "JobsService", "QueueStore"]

@@ -15,9 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from cvserve.engine.promptable import Prompt
 from cvserve.errors import BadRequest, CVServeError
-from cvserve.jobs.files import FileMeta, FileStore
+from cvserve.jobs.files import FileMeta
 from cvserve.jobs.polygons import segments_json
 from cvserve.jobs.queue import Job
+from cvserve.jobs.stores import FilesStore
 from cvserve.jobs.workers import Outcome
 from cvserve.settings import Settings
 
@@ -142,7 +143,7 @@ def item_ref(ref: dict[str, Any], meta: FileMeta | None = None) -> dict[str, Any
 
 # -- the job handler ---------------------------------------------------------------------
 class SegmentHandler:
-    def __init__(self, engine: Engine, files: FileStore, settings: Settings) -> None:
+    def __init__(self, engine: Engine, files: FilesStore, settings: Settings) -> None:
         self.engine = engine
         self.files = files
         self.settings = settings

@@ -1,6 +1,8 @@
 """The jobs subsystem of one server: database, file store, queue and workers, wired once.
 
-Opened lazily (routes work even before the lifespan ran, e.g. in tests) and started and
+The storage is SQLite + the data dir's `files/` folder, or PostgreSQL when
+`settings.database_url` is set (`cvserve.jobs.stores.open_storage`). Opened lazily (routes
+work even before the lifespan ran, e.g. in tests) and started and
 stopped by the server's lifespan. Its workers run prompts through the engine.
 """
 
@@ -9,11 +11,9 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING
 
-from cvserve.jobs.db import DB_NAME, Database
-from cvserve.jobs.files import FileStore
-from cvserve.jobs.queue import JobQueue
 from cvserve.jobs.segment import KIND as SEGMENT_KIND
 from cvserve.jobs.segment import SegmentHandler
+from cvserve.jobs.stores import FilesStore, QueueStore, Storage, open_storage
 from cvserve.jobs.workers import WorkerPool
 from cvserve.settings import Settings
 
@@ -27,7 +27,7 @@ class JobsService:
         settings: Settings,
         engine: Engine,
         *,
-        lease_ms: int | None = None,
+        lease_ms: int | None = None,  # None: settings.job_lease_s
         poll_s: float = 1.0,
         grace_s: float = 10.0,
     ) -> None:
@@ -37,19 +37,17 @@ class JobsService:
         self.poll_s = poll_s
         self.grace_s = grace_s
         self._lock = threading.Lock()
-        self._db: Database | None = None
-        self._files: FileStore | None = None
-        self._queue: JobQueue | None = None
+        self._storage: Storage | None = None
+        self._files: FilesStore | None = None
+        self._queue: QueueStore | None = None
         self._workers: WorkerPool | None = None
 
     def open(self) -> None:
         with self._lock:
-            if self._db is not None:
+            if self._storage is not None:
                 return
-            data = self.settings.data_dir
-            db = Database(data / DB_NAME)
-            self._files = FileStore(db, data / "files")
-            self._queue = JobQueue(db, lease_ms=self.lease_ms)
+            storage = open_storage(self.settings, lease_ms=self.lease_ms)
+            self._files, self._queue = storage.files, storage.queue
             handlers = {SEGMENT_KIND: SegmentHandler(self.engine, self._files, self.settings)}
             self._workers = WorkerPool(
                 self._queue,
@@ -58,16 +56,16 @@ class JobsService:
                 poll_s=self.poll_s,
                 grace_s=self.grace_s,
             )
-            self._db = db
+            self._storage = storage
 
     @property
-    def files(self) -> FileStore:
+    def files(self) -> FilesStore:
         self.open()
         assert self._files is not None
         return self._files
 
     @property
-    def queue(self) -> JobQueue:
+    def queue(self) -> QueueStore:
         self.open()
         assert self._queue is not None
         return self._queue
@@ -85,10 +83,10 @@ class JobsService:
     def stop(self) -> None:
         """Finish (or hand back) running jobs; queued jobs stay queued for the next start."""
         with self._lock:
-            workers, db = self._workers, self._db
+            workers, storage = self._workers, self._storage
         if workers is not None:
             workers.stop()
-        if db is not None:
-            db.close()
+        if storage is not None:
+            storage.close()
         with self._lock:
-            self._db = self._files = self._queue = self._workers = None
+            self._storage = self._files = self._queue = self._workers = None

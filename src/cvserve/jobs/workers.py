@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cvserve.errors import CVServeError
-from cvserve.jobs.queue import Job, JobQueue
+from cvserve.jobs.queue import Job
+from cvserve.jobs.stores import QueueStore
 
 log = logging.getLogger("cvserve.jobs")
 
@@ -38,7 +39,7 @@ Handler = Callable[[Job], Outcome]
 class WorkerPool:
     def __init__(
         self,
-        queue: JobQueue,
+        queue: QueueStore,
         handlers: Mapping[str, Handler],
         workers: int = 1,
         *,
@@ -65,7 +66,11 @@ class WorkerPool:
         if self._threads or self.workers == 0:
             return
         self._stop.clear()
-        recovered = self.queue.recover()
+        try:
+            recovered = self.queue.recover()
+        except Exception:  # the database is down: the workers poll until it is back
+            log.exception("could not resume jobs left running; their leases will expire")
+            recovered = 0
         if recovered:
             log.warning("resuming %d job(s) left running by a stopped server", recovered)
         for i in range(self.workers):
