@@ -21,6 +21,7 @@ from cvserve.models.importers import import_model
 from cvserve.models.runtime import RuntimeOptions
 from cvserve.models.store import ModelStore
 from cvserve.settings import Settings
+from tests.postgres_server import pg_url, postgres  # noqa: F401 - fixtures for every module
 from tests.strict_skips import (  # noqa: F401 - hooks, found by name in this conftest
     pytest_make_collect_report,
     pytest_runtest_makereport,

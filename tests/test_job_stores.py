@@ -29,7 +29,7 @@ from cvserve.jobs.queue import Job, JobStatus
 from cvserve.jobs.stores import FilesStore, QueueStore, Storage, open_storage
 from cvserve.jobs.workers import Outcome, WorkerPool
 from cvserve.settings import Settings
-from tests.postgres_server import PostgresServer, pg_url, postgres  # noqa: F401 - fixtures
+from tests.postgres_server import PostgresServer
 
 PAYLOAD = {"items": [{"fileId": 1}], "points": [{"x": 0.5, "y": 0.5, "label": 1}]}
 

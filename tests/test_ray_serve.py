@@ -2,14 +2,15 @@
 `cvserve serve --ray ADDRESS` joins it and answers like `cvserve serve` (the hosted route in
 its body forms and formats, /infer for the official SDK, the SDK, the jobs API, keys and
 errors); a model replica killed under load means only 200s and honest 503s, and the replica
-comes back; a job worker killed mid-job leaves the job to another, which completes it."""
+comes back. Jobs and files live in a real PostgreSQL (the scale-out layout; the plain server
+keeps SQLite, so the equality test covers both stores): a job worker killed mid-job leaves the
+job to another, which completes it, and queued jobs finish after PostgreSQL restarts."""
 
 from __future__ import annotations
 
 import base64
 import os
 import signal
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -24,9 +25,9 @@ ray = pytest.importorskip("ray", reason="Ray Serve is not installed: pip install
 from ray.cluster_utils import Cluster  # noqa: E402
 
 import cvserve  # noqa: E402
-from cvserve.jobs.db import DB_NAME  # noqa: E402
 from tests.conftest import add_model  # noqa: E402
 from tests.live_server import LiveServer, serve_subprocess, stop  # noqa: E402
+from tests.postgres_server import PostgresServer  # noqa: E402
 from tests.synthetic import (  # noqa: E402
     jpeg_bytes,
     png_bytes,
@@ -78,9 +79,15 @@ def cluster() -> Iterator[Cluster]:
 
 
 @pytest.fixture(scope="module")
-def ray_server(cluster: Cluster, store_dir: Path) -> Iterator[str]:
+def database_url(postgres: PostgresServer) -> str:
+    return postgres.new_database()
+
+
+@pytest.fixture(scope="module")
+def ray_server(cluster: Cluster, store_dir: Path, database_url: str) -> Iterator[str]:
     env = {
         "CVSERVE_API_KEYS": KEY,
+        "CVSERVE_DATABASE_URL": database_url,
         "CVSERVE_JOB_LEASE_S": "3",
         "CVSERVE_RAY_JOB_REPLICAS": "2",
         "CVSERVE_DATA_DIR": str(store_dir.parent / "ray-data"),
@@ -230,11 +237,20 @@ def _command_line(pid: int) -> str:
         return ""
 
 
-def test_job_worker_killed_mid_job_completes_on_another(ray_server: str, store_dir: Path) -> None:
+def _job_row(database_url: str, job_id: int) -> tuple[str, str | None, int] | None:
+    import psycopg
+
+    with psycopg.connect(database_url, connect_timeout=5) as db:
+        row = db.execute(
+            "SELECT status, owner, attempt FROM cvserve_jobs WHERE id = %s", (job_id,)
+        ).fetchone()
+    return (str(row[0]), row[1], int(row[2])) if row else None
+
+
+def test_job_worker_killed_mid_job_completes_on_another(ray_server: str, database_url: str) -> None:
     assert len(_replicas("jobs")) == 2
     headers = {**BETA, "api-key": KEY}
     image = png_bytes(rect_image(320, 240, (40, 30, 200, 150)))
-    db_path = store_dir.parent / "ray-data" / DB_NAME
     with httpx.Client(base_url=ray_server, timeout=60, headers={"api-key": KEY}) as http:
         r = http.post(f"{PROJECT}/files/upload", files={"file": ("b.png", image, "image/png")})
         assert r.status_code == 201, r.text
@@ -250,10 +266,7 @@ def test_job_worker_killed_mid_job_completes_on_another(ray_server: str, store_d
         owner = None
         deadline = time.monotonic() + 60
         while owner is None and time.monotonic() < deadline:
-            with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5) as db:
-                row = db.execute(
-                    "SELECT status, owner FROM jobs WHERE id = ?", (job_id,)
-                ).fetchone()
+            row = _job_row(database_url, job_id)
             if row and row[0] == "Running" and row[1]:
                 owner = row[1]
             time.sleep(0.05)
@@ -274,6 +287,37 @@ def test_job_worker_killed_mid_job_completes_on_another(ray_server: str, store_d
     order = {"Queued": 0, "Running": 1, "Completed": 2, "Failed": 2}
     ranks = [order[s] for s in seen]
     assert ranks == sorted(ranks), seen  # never backwards
-    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5) as db:
-        (attempt,) = db.execute("SELECT attempt FROM jobs WHERE id = ?", (job_id,)).fetchone()
-    assert attempt >= 2  # it ran again, on another worker
+    row = _job_row(database_url, job_id)
+    assert row is not None and row[2] >= 2  # it ran again, on another worker
+
+
+def test_queued_jobs_finish_after_postgres_restarts(
+    ray_server: str, postgres: PostgresServer
+) -> None:
+    headers = {**BETA, "api-key": KEY}
+    image = png_bytes(rect_image(320, 240, (40, 30, 200, 150)))
+    with httpx.Client(base_url=ray_server, timeout=60, headers={"api-key": KEY}) as http:
+        r = http.post(f"{PROJECT}/files/upload", files={"file": ("c.png", image, "image/png")})
+        assert r.status_code == 201, r.text
+        body = {"items": [{"fileId": r.json()["id"]}], "points": [{"x": 0.3, "y": 0.4}]}
+        jobs = []
+        for model in ("slowsam/1", "slowsam/1", SAM_ID, SAM_ID):
+            r = http.post(
+                f"{PROJECT}/context/vision/segment", json={**body, "model": model}, headers=headers
+            )
+            assert r.status_code == 200, r.text
+            jobs.append(r.json()["jobId"])
+        postgres.restart()  # while they run and wait
+        seen: dict[int, list[str]] = {j: [] for j in jobs}
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not all(
+            s and s[-1] in ("Completed", "Failed") for s in seen.values()
+        ):
+            for job_id in jobs:
+                r = http.get(f"{PROJECT}/context/vision/segment/{job_id}", headers=headers)
+                if r.status_code == 200:
+                    seen[job_id].append(r.json()["status"])
+                else:  # the database is still coming back: an honest 503, nothing lost
+                    assert r.status_code == 503, r.text
+            time.sleep(0.2)
+    assert all(s and s[-1] == "Completed" for s in seen.values()), seen
