@@ -81,7 +81,11 @@ class LiveServer:
 
 
 def serve_subprocess(
-    store_dir: Path, *extra: str, env: dict[str, str] | None = None, timeout: float = 60.0
+    store_dir: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 60.0,
+    new_session: bool = False,
 ) -> tuple[subprocess.Popen, str]:
     """`cvserve serve --no-pull` on a free port; returns (process, base URL) once ready."""
     port = free_port()
@@ -99,7 +103,14 @@ def serve_subprocess(
         "--port", str(port), "--models-dir", str(store_dir), "--log-level", "warning", *extra,
     ]  # fmt: skip
     log = open(store_dir.parent / f"server-{port}.log", "w")  # noqa: SIM115 - outlives us
-    proc = subprocess.Popen(cmd, env=full_env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        cmd,
+        env=full_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=new_session,  # its own process group, to kill as a whole
+    )
     proc.log_path = Path(log.name)  # type: ignore[attr-defined]
     url = f"http://127.0.0.1:{port}"
     try:

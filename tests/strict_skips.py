@@ -19,7 +19,7 @@ HEADLINE_FILES = (
     "test_clients_*.py",
     "test_web.py",
     "test_ultralytics_parity.py",
-    "test_ray_serve.py",
+    "test_ray_*.py",
     "test_job_stores.py",  # the PostgreSQL half needs a real server (tests/postgres_server.py)
     "test_jobs_postgres.py",
 )

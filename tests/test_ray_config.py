@@ -1,0 +1,71 @@
+"""The documented Serve config file is valid for Ray Serve and names the deployments that
+`cvserve.ray:app` builds; the builder takes any Settings field as an argument."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+pytest.importorskip("ray", reason="Ray Serve is not installed: pip install 'cvserve[ray]'")
+
+from ray.serve import Application  # noqa: E402
+from ray.serve.schema import ServeDeploySchema  # noqa: E402
+
+from cvserve.ray import app  # noqa: E402
+
+CONFIG = Path(__file__).resolve().parents[1] / "cvserve-serve.yaml"
+
+
+def bound(application: Any, index: int) -> Any:
+    """The `index`-th constructor argument the ingress was bound with."""
+    return application._bound_deployment._replica_config.init_args[index]
+
+
+def deployment_names(application: Any) -> set[str]:
+    names, todo = set(), [application]
+    while todo:
+        node = todo.pop()
+        deployment = node._bound_deployment
+        names.add(deployment.name)
+        todo.extend(a for a in deployment._replica_config.init_args if isinstance(a, Application))
+    return names
+
+
+def test_config_file_is_a_valid_serve_config_for_the_builder(tmp_path: Path) -> None:
+    config = ServeDeploySchema.model_validate(yaml.safe_load(CONFIG.read_text()))
+    (application,) = config.applications
+    assert application.import_path == "cvserve.ray:app"
+    args = dict(application.args)
+    args.update(models_dir=str(tmp_path / "models"), data_dir=str(tmp_path / "data"))
+    built = app(args)
+    names = deployment_names(built)
+    assert names == {"ingress", "models", "jobs"}
+    assert {d.name for d in application.deployments} <= names
+
+
+def test_builder_sizes_the_model_replicas_from_settings(tmp_path: Path) -> None:
+    built = app({"data_dir": str(tmp_path), "ray_replica_cpus": "3", "ray_max_replicas": "5"})
+    models = bound(built, 1)._bound_deployment
+    assert models.ray_actor_options["num_cpus"] == 3
+    assert models._deployment_config.autoscaling_config.max_replicas == 5
+    assert bound(built, 0)["ray_replica_cpus"] == 3  # the replicas' lanes follow it
+    fixed = app({"data_dir": str(tmp_path), "ray_model_replicas": "2"})
+    assert bound(fixed, 1)._bound_deployment.num_replicas == 2
+    assert bound(fixed, 1)._bound_deployment._deployment_config.autoscaling_config is None
+    none = app({"data_dir": str(tmp_path), "ray_job_replicas": "0"})
+    assert bound(none, 2) is None
+
+
+def test_a_replica_runs_one_single_threaded_lane_per_cpu_of_its_share(tmp_path: Path) -> None:
+    from cvserve.ray.replicas import replica_settings, replica_store
+    from cvserve.settings import Settings
+
+    settings = replica_settings(Settings(data_dir=tmp_path, ray_replica_cpus=2))
+    assert (settings.lanes(), settings.threads_per_lane(), settings.wide_threads()) == (2, 1, 0)
+    options = replica_store(settings).options
+    assert (options.lanes, options.threads_per_lane, options.wide_threads) == (2, 1, 0)
+    half = replica_settings(Settings(data_dir=tmp_path, ray_replica_cpus=0.5))
+    assert (half.lanes(), half.threads_per_lane()) == (1, 1)
