@@ -65,7 +65,8 @@ def test_a_replica_runs_one_single_threaded_lane_per_cpu_of_its_share(tmp_path: 
 
     settings = replica_settings(Settings(data_dir=tmp_path, ray_replica_cpus=2))
     assert (settings.lanes(), settings.threads_per_lane(), settings.wide_threads()) == (2, 1, 0)
-    options = replica_store(settings).options
-    assert (options.lanes, options.threads_per_lane, options.wide_threads) == (2, 1, 0)
+    options = replica_store(settings).options  # the auto layout within the share
+    assert (options.lanes, options.threads_per_lane, options.wide_threads) == (2, 1, 2)
     half = replica_settings(Settings(data_dir=tmp_path, ray_replica_cpus=0.5))
     assert (half.lanes(), half.threads_per_lane()) == (1, 1)
+    assert replica_store(half).options.wide_threads == 0

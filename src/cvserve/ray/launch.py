@@ -36,6 +36,9 @@ def serve_on_ray(settings: Settings, address: str, *, ready: threading.Event | N
         _clean_after_crash(settings.data_dir)
         # Short: Ray's unix sockets live under it and socket paths are capped at ~107 bytes.
         temp_dir = tempfile.mkdtemp(prefix="cvray-", dir="/tmp")
+        # Ray starts its workers at nice 15 (to favour its raylet): the model replicas would
+        # then lose the cores to any other process, even the clients of the same machine.
+        os.environ.setdefault("RAY_worker_niceness", "0")
         needed = settings.ray_replica_cpus * max(
             1, settings.ray_model_replicas, settings.ray_max_replicas
         )

@@ -20,14 +20,19 @@ log = logging.getLogger("cvserve.ray")
 
 
 def replica_settings(settings: Settings) -> Settings:
-    """A replica's own layout: one single-threaded lane per CPU of its share. Ray sets
-    OMP_NUM_THREADS, which ONNX Runtime ignores, so the threads are set here, explicitly."""
+    """A replica's own layout, the server's auto layout within its CPU share: one
+    single-threaded lane per CPU, plus (with two or more) a session on all of them for a
+    request that is alone. Ray sets OMP_NUM_THREADS, which ONNX Runtime ignores, so the
+    threads are set here, explicitly."""
     lanes = max(1, round(settings.ray_replica_cpus))
     return settings.with_overrides(workers=lanes, intra_op_threads=1)
 
 
 def replica_store(settings: Settings) -> ModelStore:
-    options = RuntimeOptions(lanes=settings.lanes(), threads_per_lane=1, wide_threads=0)
+    lanes = settings.lanes()
+    options = RuntimeOptions(
+        lanes=lanes, threads_per_lane=1, wide_threads=lanes if lanes > 1 else 0
+    )
     return ModelStore(settings.store_dir, options)
 
 
