@@ -1,6 +1,7 @@
 """`cvserve serve --ray local` owns its Ray instance: two of them on one machine (different
-ports, different data dirs) serve side by side, and after a SIGKILL of one's whole process
-group no Ray process of it is left (or the next start on its data dir stops them)."""
+ports, different data dirs) serve side by side; after a SIGKILL of one's whole process group
+no Ray process of it is left (or the next start on its data dir stops them), and a SIGTERM
+to the other's whole group (Ctrl-C, `timeout`) stops it, and all of its Ray, in bounded time."""
 
 from __future__ import annotations
 
@@ -26,19 +27,10 @@ PHOTO = jpeg_bytes(rect_image(640, 480, (100, 100, 300, 200)), quality=95)
 
 
 def ray_processes(temp_dir: str) -> list[int]:
-    """Processes whose command line names the Ray instance's temp folder."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (entry / "stat").read_text().split()[2]
-        except OSError:
-            continue
-        if temp_dir in cmd and state != "Z":
-            found.append(int(entry.name))
-    return found
+    """The instance's live processes: raylet, GCS and every worker (marked in their env)."""
+    from cvserve.ray.launch import instance_processes
+
+    return instance_processes(temp_dir)
 
 
 def start(tmp: Path, name: str) -> tuple[subprocess.Popen, str, Path]:
@@ -84,6 +76,12 @@ def test_two_local_instances_and_sigkill_leaves_nothing(tmp_path: Path) -> None:
                 stop(again)
         # the other instance never noticed
         assert httpx.post(f"{second_url}/rect/1", content=PHOTO, timeout=60).status_code == 200
+        _, second_temp = (tmp_path / "b" / "ray-local.pid").read_text().split()
+        assert ray_processes(second_temp)
+        os.killpg(second.pid, signal.SIGTERM)  # Ray's own processes get it too
+        second.wait(timeout=90)
+        assert ray_processes(second_temp) == []
+        assert not Path(second_temp).exists()
     finally:
         if first.poll() is None:
             stop(first)

@@ -16,6 +16,7 @@ import signal
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -27,6 +28,7 @@ from cvserve.settings import Settings
 
 log = logging.getLogger("cvserve.ray")
 PIDFILE = "ray-local.pid"
+INSTANCE_ENV = "CVSERVE_RAY_INSTANCE"
 
 
 def serve_on_ray(settings: Settings, address: str, *, ready: threading.Event | None = None) -> None:
@@ -39,6 +41,9 @@ def serve_on_ray(settings: Settings, address: str, *, ready: threading.Event | N
         # Ray starts its workers at nice 15 (to favour its raylet): the model replicas would
         # then lose the cores to any other process, even the clients of the same machine.
         os.environ.setdefault("RAY_worker_niceness", "0")
+        # Every Ray process of this instance inherits it, workers included (their command
+        # lines are rewritten): how a later start finds what a killed one left.
+        os.environ[INSTANCE_ENV] = temp_dir
         needed = settings.ray_replica_cpus * max(
             1, settings.ray_model_replicas, settings.ray_max_replicas
         )
@@ -70,15 +75,26 @@ def serve_on_ray(settings: Settings, address: str, *, ready: threading.Event | N
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        with contextlib.suppress(Exception):
-            if local:
-                serve.shutdown()
-            else:
-                serve.delete(APP_NAME)
-        ray.shutdown()
+        # Bounded: a signal sent to the whole process group (Ctrl-C, `timeout`) may have
+        # stopped Ray's own processes already, and Serve's shutdown then waits for ever.
+        _bounded(serve.shutdown if local else lambda: serve.delete(APP_NAME), 30.0)
+        _bounded(ray.shutdown, 15.0)
         if temp_dir is not None:
+            _stop_processes_of(temp_dir)
             (settings.data_dir / PIDFILE).unlink(missing_ok=True)
             shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _bounded(step: Callable[[], object], seconds: float) -> None:
+    def run() -> None:
+        with contextlib.suppress(Exception):
+            step()
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        log.warning("Ray did not stop within %.0f s; stopping its processes", seconds)
 
 
 def _write_pidfile(data_dir: Path, temp_dir: str) -> None:
@@ -96,17 +112,25 @@ def _clean_after_crash(data_dir: Path) -> None:
         return
     if _alive(int(pid_text)) or not temp_dir.startswith("/tmp/cvray-"):
         return  # still running (another server on this data dir), or not ours
-    victims = [pid for pid, cmd in _processes() if temp_dir in cmd]
+    stopped = _stop_processes_of(temp_dir)
+    if stopped:
+        log.warning("stopped %d Ray process(es) left by a killed server", stopped)
+    shutil.rmtree(temp_dir, ignore_errors=True)
+    path.unlink(missing_ok=True)
+
+
+def _stop_processes_of(temp_dir: str) -> int:
+    """SIGKILL every process of this Ray instance (marked in its environment); returns how
+    many there were."""
+    me = os.getpid()
+    victims = [pid for pid in instance_processes(temp_dir) if pid != me]
     for pid in victims:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 5
     while victims and time.monotonic() < deadline and any(_alive(p) for p in victims):
         time.sleep(0.05)
-    if victims:
-        log.warning("stopped %d Ray process(es) left by a killed server", len(victims))
-    shutil.rmtree(temp_dir, ignore_errors=True)
-    path.unlink(missing_ok=True)
+    return len(victims)
 
 
 def _alive(pid: int) -> bool:
@@ -126,13 +150,17 @@ def _status(pid: int) -> str:
         return ""
 
 
-def _processes() -> list[tuple[int, str]]:
-    out = []
+def instance_processes(temp_dir: str) -> list[int]:
+    """Live processes whose environment marks them as this Ray instance's."""
+    marker = f"{INSTANCE_ENV}={temp_dir}".encode()
+    found = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            out.append((int(entry.name), cmd))
-    return out
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker in environ.split(b"\0") and _alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
