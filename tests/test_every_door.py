@@ -30,23 +30,20 @@ from cvserve.models.store import ModelStore
 from cvserve.params import parse_hosted
 from cvserve.predict import LocalBackend, PredictOptions
 from cvserve.settings import Settings
+from tests import answers
 from tests.conftest import add_model
 from tests.live_server import LiveServer
 from tests.synthetic import jpeg_bytes, rect_finder_model, rect_image, ultralytics_meta
 from tests.synthetic_sam import MODEL_ID as SAM_ID
 from tests.synthetic_sam import write_sam_model
 
-VOLATILE = {"time", "inference_id", "detection_id", "visualization"}
+VOLATILE = answers.PER_ANSWER | {"visualization"}
 PHOTO = jpeg_bytes(rect_image(1920, 1080, (400, 300, 1400, 900)), quality=95)
 QUERY = {"confidence": "40", "overlap": "30", "max_detections": "50"}
 
 
 def strip(body: Any) -> Any:
-    if isinstance(body, dict):
-        return {k: strip(v) for k, v in body.items() if k not in VOLATILE}
-    if isinstance(body, list):
-        return [strip(v) for v in body]
-    return body
+    return answers.strip(body, VOLATILE)
 
 
 @pytest.fixture(scope="module")

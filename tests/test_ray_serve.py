@@ -25,6 +25,7 @@ ray = pytest.importorskip("ray", reason="Ray Serve is not installed: pip install
 from ray.cluster_utils import Cluster  # noqa: E402
 
 import cvserve  # noqa: E402
+from tests.answers import strip  # noqa: E402
 from tests.conftest import add_model  # noqa: E402
 from tests.live_server import LiveServer, serve_subprocess, stop  # noqa: E402
 from tests.postgres_server import PostgresServer  # noqa: E402
@@ -40,18 +41,9 @@ from tests.synthetic_sam import write_sam_model  # noqa: E402
 from tests.synthetic_store import build_store  # noqa: E402
 
 KEY = "ray-test-key"
-VOLATILE = {"time", "inference_id", "detection_id"}
 PHOTO = jpeg_bytes(rect_image(1280, 720, (300, 200, 900, 600)), quality=95)
 PROJECT = "/api/v1/projects/ray"
 BETA = {"cdf-version": "beta"}
-
-
-def strip(body: Any) -> Any:
-    if isinstance(body, dict):
-        return {k: strip(v) for k, v in body.items() if k not in VOLATILE}
-    if isinstance(body, list):
-        return [strip(v) for v in body]
-    return body
 
 
 @pytest.fixture(scope="module")

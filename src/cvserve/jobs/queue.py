@@ -21,10 +21,10 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
-from pathlib import Path
 from typing import Any
 
 from cvserve.jobs.db import Database, now_ms
+from cvserve.processes import pid_alive
 
 DEFAULT_LEASE_MS = 60_000
 DEFAULT_MAX_ATTEMPTS = 5
@@ -79,20 +79,6 @@ def new_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed child nobody reaped yet still answers kill(0): it is a zombie
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def owner_is_dead(owner: str | None, me: str) -> bool:
     """True only when certain; otherwise the lease's expiry decides."""
     if not owner:
@@ -107,7 +93,7 @@ def owner_is_dead(owner: str | None, me: str) -> bool:
         return False
     if pid == int(my_pid):
         return token != my_token  # our pid, another token: an earlier life of this pid
-    return not _pid_alive(pid)
+    return not pid_alive(pid)
 
 
 class JobQueue:

@@ -23,6 +23,7 @@ from types import FrameType
 import ray
 from ray import serve
 
+from cvserve.processes import pid_alive
 from cvserve.ray.app import APP_NAME, build_app
 from cvserve.settings import Settings
 
@@ -110,7 +111,7 @@ def _clean_after_crash(data_dir: Path) -> None:
         pid_text, temp_dir = path.read_text().split()
     except (OSError, ValueError):
         return
-    if _alive(int(pid_text)) or not temp_dir.startswith("/tmp/cvray-"):
+    if pid_alive(int(pid_text)) or not temp_dir.startswith("/tmp/cvray-"):
         return  # still running (another server on this data dir), or not ours
     stopped = _stop_processes_of(temp_dir)
     if stopped:
@@ -128,26 +129,9 @@ def _stop_processes_of(temp_dir: str) -> int:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 5
-    while victims and time.monotonic() < deadline and any(_alive(p) for p in victims):
+    while victims and time.monotonic() < deadline and any(pid_alive(p) for p in victims):
         time.sleep(0.05)
     return len(victims)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return Path(f"/proc/{pid}").exists() and "zombie" not in _status(pid)
-
-
-def _status(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/status").read_text().lower()
-    except OSError:
-        return ""
 
 
 def instance_processes(temp_dir: str) -> list[int]:
@@ -161,6 +145,6 @@ def instance_processes(temp_dir: str) -> list[int]:
             environ = (entry / "environ").read_bytes()
         except OSError:
             continue
-        if marker in environ.split(b"\0") and _alive(int(entry.name)):
+        if marker in environ.split(b"\0") and pid_alive(int(entry.name)):
             found.append(int(entry.name))
     return found
