@@ -3,6 +3,7 @@
 The hosted route, `/infer/*` and the platform routes parse parameters and bodies
 themselves (strictly, with a 400 that names the field, never FastAPI's 422), so their
 parameters, body forms and response shapes are declared here, as documentation only.
+(Over 400 lines because it is schema data, one block per route family, not logic.)
 """
 
 from __future__ import annotations
