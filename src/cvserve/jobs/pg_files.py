@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING, Any
 
-from cvserve.jobs.files import DuplicateExternalId, FileMeta, _meta
+from cvserve.jobs.files import DuplicateExternalId, FileMeta, InsufficientStorage, _meta
 from cvserve.jobs.pg_database import FILE_COLUMNS as _FILE_COLUMNS
 from cvserve.jobs.pg_database import NOW_MS, PostgresDatabase
 
@@ -21,6 +21,7 @@ class PostgresFileStore:
     def __init__(self, db: PostgresDatabase) -> None:
         self.db = db
         self._unique = db._psycopg.errors.UniqueViolation
+        self._disk_full = db._psycopg.errors.DiskFull
 
     def create(
         self, project: str, name: str, mime_type: str | None, external_id: str | None = None
@@ -71,7 +72,12 @@ class PostgresFileStore:
                 (data, len(data), digest, meta.id, meta.project),
             ).fetchone()
 
-        row = self.db.run(go)
+        try:
+            row = self.db.run(go)
+        except self._disk_full as e:  # rolled back: nothing half-written
+            raise InsufficientStorage(
+                "the jobs database is out of disk space: the upload was not stored"
+            ) from e
         if row is None:
             raise FileNotFoundError(f"file {meta.id} is gone")
         return _meta(row)
@@ -87,6 +93,35 @@ class PostgresFileStore:
         if row is None or row["content"] is None:
             raise FileNotFoundError(f"file {meta.id} has no stored content")
         return bytes(row["content"])
+
+    def delete(self, project: str, file_id: int) -> bool:
+        """Remove the row, metadata and content together; False when there was none."""
+        return bool(
+            self.db.run(
+                lambda c: (
+                    c.execute(
+                        "DELETE FROM cvserve_files WHERE id = %s AND project = %s",
+                        (file_id, project),
+                    ).rowcount
+                )
+            )
+            == 1
+        )
+
+    def expired(self, older_than_ms: int, limit: int, after_id: int = 0) -> list[FileMeta]:
+        """Up to `limit` files (every project) not updated for `older_than_ms`, by id."""
+        rows = self.db.run(
+            lambda c: c.execute(
+                f"SELECT {_FILE_COLUMNS} FROM cvserve_files"
+                f" WHERE last_updated_time < {NOW_MS} - %s AND id > %s ORDER BY id LIMIT %s",
+                (older_than_ms, after_id, limit),
+            ).fetchall()
+        )
+        return [_meta(r) for r in rows]
+
+    def free_bytes(self) -> int | None:
+        """Unknown here: the bytes go to the database's disk, on its own machine."""
+        return None
 
     def _one(self, sql: str, params: tuple[Any, ...]) -> FileMeta | None:
         row = self.db.run(lambda c: c.execute(sql, params).fetchone())

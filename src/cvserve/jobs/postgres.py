@@ -99,6 +99,46 @@ class PostgresQueue:
         )
         return {r["status"]: int(r["n"]) for r in rows}
 
+    def list_jobs(
+        self, kind: str, project: str, limit: int, before_id: int | None = None
+    ) -> list[Job]:
+        """Up to `limit` jobs of a project, newest (highest id) first, ids below `before_id`."""
+        rows = self.db.run(
+            lambda c: c.execute(
+                f"SELECT {_JOB_COLUMNS} FROM cvserve_jobs WHERE kind = %s AND project = %s"
+                " AND id < %s ORDER BY id DESC LIMIT %s",
+                (kind, project, before_id if before_id is not None else 2**63 - 1, limit),
+            ).fetchall()
+        )
+        return [_job(r) for r in rows]
+
+    def active_jobs(self, project: str | None = None) -> list[Job]:
+        """Every Queued or Running job (of one project, or all), oldest first."""
+        rows = self.db.run(
+            lambda c: c.execute(
+                f"SELECT {_JOB_COLUMNS} FROM cvserve_jobs WHERE status IN ('Queued', 'Running')"
+                " AND (%s::text IS NULL OR project = %s) ORDER BY id",
+                (project, project),
+            ).fetchall()
+        )
+        return [_job(r) for r in rows]
+
+    def purge_finished(self, older_than_ms: int, limit: int) -> int:
+        """Delete up to `limit` Completed/Failed jobs finished over `older_than_ms` ago
+        (on the database's clock)."""
+        return int(
+            self.db.run(
+                lambda c: (
+                    c.execute(
+                        "DELETE FROM cvserve_jobs WHERE id IN (SELECT id FROM cvserve_jobs"
+                        " WHERE status IN ('Completed', 'Failed')"
+                        f" AND status_time < {NOW_MS} - %s ORDER BY id LIMIT %s)",
+                        (older_than_ms, limit),
+                    ).rowcount
+                )
+            )
+        )
+
     # -- workers -------------------------------------------------------------------------
     def recover(self) -> int:
         """Expire the leases of Running jobs whose owner is certainly gone; returns how many.
