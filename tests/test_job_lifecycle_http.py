@@ -268,3 +268,31 @@ def test_retention_on_a_live_server_removes_finished_jobs_and_old_files_only(
     finally:
         worker.close()
     assert "retention: removed" in caplog.text
+
+
+def test_a_disk_that_fills_up_during_the_write_is_a_507_too(
+    store: ModelStore,
+    make_client: Callable[..., TestClient],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import errno
+    import os
+
+    import cvserve.jobs.files as files_module
+
+    client = make_client(store, job_workers=0, min_free_disk_mb=0)
+    created = client.post(f"{P}/files", json={"name": "a.png"}).json()
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(files_module.os, "fsync", full)
+    body = error(client.put(f"{P}/files/{created['id']}/content", content=b"x" * 100), 507)
+    assert "full" in body["message"]
+    assert client.get(f"{P}/files/{created['id']}").json()["uploaded"] is False
+    r = client.post(f"{P}/files/upload", files={"file": ("m.png", b"x" * 100, "image/png")})
+    error(r, 507)
+    r = client.post(f"{P}/files/byids", json={"items": [{"id": created["id"] + 1}]})
+    assert error(r, 400)["missing"]  # the one-step upload's record was taken back
+    assert sorted(p.name for p in (tmp_path / "files").iterdir()) == []  # no temp file left
