@@ -74,6 +74,12 @@ class Settings(BaseSettings):
     ray_max_replicas: int = 0
     ray_models_per_replica: int = 3
     ray_job_replicas: int = 1  # replicas running job workers (job_workers threads each)
+    # Job and file lifecycle (cvserve.jobs.lifecycle): finished jobs and files older than
+    # these are removed in the background (0: kept forever; fractions allowed); uploads that
+    # would leave less than min_free_disk_mb free where file bytes go get 507 (0: no floor).
+    job_retention_hours: float = Field(default=0.0, ge=0)
+    file_retention_hours: float = Field(default=0.0, ge=0)
+    min_free_disk_mb: float = Field(default=100.0, ge=0)
 
     @field_validator("api_keys", "allow_url_hosts", mode="before")
     @classmethod

@@ -64,6 +64,24 @@ def serve(
     models_per_replica: int | None = setting_option(
         "ray_models_per_replica", "--models-per-replica", help="Models one replica holds."
     ),
+    # -- job and file lifecycle --
+    job_retention_hours: float | None = setting_option(
+        "job_retention_hours",
+        "--job-retention-hours",
+        help="Remove finished (Completed/Failed) jobs this long after they ended; 0: keep.",
+    ),
+    file_retention_hours: float | None = setting_option(
+        "file_retention_hours",
+        "--file-retention-hours",
+        help="Remove files not updated for this long, unless a queued or running job needs "
+        "them; 0: keep.",
+    ),
+    min_free_disk_mb: float | None = setting_option(
+        "min_free_disk_mb",
+        "--min-free-disk-mb",
+        help="Uploads that would leave less free disk than this where files are stored get "
+        "507; 0: no floor.",
+    ),
 ) -> None:
     """Serve the hosted inference API (and the web page, the SDK routes, segment jobs)."""
     import uvicorn
@@ -87,6 +105,9 @@ def serve(
         ray_min_replicas=min_replicas,
         ray_max_replicas=max_replicas,
         ray_models_per_replica=models_per_replica,
+        job_retention_hours=job_retention_hours,
+        file_retention_hours=file_retention_hours,
+        min_free_disk_mb=min_free_disk_mb,
     )
     configure_logging(
         settings.log_level

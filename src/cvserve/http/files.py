@@ -7,11 +7,17 @@
   `externalId`, `mimeType` (defaults: the part's filename and content type) -> 201.
 - `GET /files/{id}` -> file object; `GET /files/{id}/content` -> the bytes;
   `POST /files/byids` `{items: [{id} | {externalId}], ignoreUnknownIds?}` -> `{items}`.
+- `POST /files/delete` `{items: [{id} | {externalId}], ignoreUnknownIds?}` -> `{}`, and
+  `DELETE /files/{id}` -> `{}`: metadata and bytes go. All or nothing: unknown ids are a 400
+  listing them under `missing` (unless ignoreUnknownIds), files that Queued or Running jobs
+  still need a 409 listing them under `inUse` with the jobs' ids; then nothing is deleted.
+- Uploads that would leave less than `min_free_disk_mb` free where the bytes go: 507.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import mimetypes
 from typing import Any
 from urllib.parse import quote
@@ -25,11 +31,12 @@ from starlette.responses import Response
 from cvserve.errors import BadRequest, PayloadTooLarge
 from cvserve.http.body import check_declared_length, read_body, read_json
 from cvserve.http.errors import PlatformError
-from cvserve.http.openapi import json_body, platform_doc
+from cvserve.http.openapi import PLATFORM_ERRORS, json_body, platform_doc
 from cvserve.http.platform import BASE, PlatformRoute, authorise, int_id, parse
 from cvserve.http.responses import json_response
 from cvserve.http.state import AppState
 from cvserve.jobs.files import DuplicateExternalId, FileMeta
+from cvserve.jobs.lifecycle import FileInUse, check_free_space, delete_files
 from cvserve.wire.platform import file_json
 
 
@@ -59,6 +66,14 @@ class FilesByIds(BaseModel):
 
     items: list[FileIdentity] = Field(min_length=1, max_length=1000)
     ignoreUnknownIds: bool = False
+
+
+class FilesDelete(FilesByIds):
+    """The platform's `POST /files/delete` body (same as byids)."""
+
+
+def _in_use(e: FileInUse) -> PlatformError:
+    return PlatformError(409, e.message, inUse=e.busy)
 
 
 def _upload_url(request: Request, project: str, file_id: int) -> str:
@@ -94,7 +109,10 @@ def build_router(state: AppState) -> APIRouter:
         out = file_json(meta, _upload_url(request, project, meta.id))
         return json_response(out, status=201)
 
-    @router.post("/files/upload", **platform_doc("Upload a file in one step", MULTIPART_FILE, 201))
+    @router.post(
+        "/files/upload",
+        **platform_doc("Upload a file in one step", MULTIPART_FILE, 201, responses=NO_SPACE),
+    )
     async def upload_file(project: str, request: Request) -> Response:
         authorise(state.keys, request)
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
@@ -122,8 +140,14 @@ def build_router(state: AppState) -> APIRouter:
             await form.close()
 
         def store() -> FileMeta:
+            check_free_space(service.files, len(data), settings.min_free_disk_mb)
             meta = service.files.create(project, body.name, body.mimeType, body.externalId)
-            return service.files.write(meta, data)
+            try:
+                return service.files.write(meta, data)
+            except BaseException:  # e.g. the disk filled up meanwhile: no empty record left
+                with contextlib.suppress(Exception):
+                    service.files.delete(project, meta.id)
+                raise
 
         try:
             meta = await asyncio.to_thread(store)
@@ -131,13 +155,20 @@ def build_router(state: AppState) -> APIRouter:
             raise _duplicate(e) from None
         return json_response(file_json(meta), status=201)
 
-    @router.put("/files/{file_id}/content", **platform_doc("Upload a file's content", RAW_BYTES))
+    @router.put(
+        "/files/{file_id}/content",
+        **platform_doc("Upload a file's content", RAW_BYTES, responses=NO_SPACE),
+    )
     async def put_content(project: str, file_id: str, request: Request) -> Response:
         authorise(state.keys, request)
         meta = await get_file(project, int_id(file_id, "file id"))
         data = await read_body(request, settings.max_body_bytes)
-        meta = await asyncio.to_thread(service.files.write, meta, data)
-        return json_response(file_json(meta))
+
+        def store() -> FileMeta:
+            check_free_space(service.files, len(data), settings.min_free_disk_mb)
+            return service.files.write(meta, data)
+
+        return json_response(file_json(await asyncio.to_thread(store)))
 
     @router.get("/files/{file_id}/content", **platform_doc("Download a file's content"))
     async def get_content(project: str, file_id: str, request: Request) -> Response:
@@ -154,25 +185,49 @@ def build_router(state: AppState) -> APIRouter:
         meta = await get_file(project, int_id(file_id, "file id"))
         return json_response(file_json(meta))
 
+    def look(project: str, items: list[FileIdentity]) -> tuple[list[FileMeta], list[Any]]:
+        found, missing = [], []
+        for it in items:
+            meta = service.files.find(project, it.id, it.externalId)
+            if meta is None:
+                missing.append({"id": it.id} if it.id else {"externalId": it.externalId})
+            else:
+                found.append(meta)
+        return found, missing
+
     @router.post("/files/byids", **platform_doc("Files by id or externalId", json_body(FilesByIds)))
     async def files_by_ids(project: str, request: Request) -> Response:
         authorise(state.keys, request)
         body = parse(FilesByIds, await read_json(request))
-
-        def look() -> tuple[list[FileMeta], list[dict[str, Any]]]:
-            found, missing = [], []
-            for it in body.items:
-                meta = service.files.find(project, it.id, it.externalId)
-                if meta is None:
-                    missing.append({"id": it.id} if it.id else {"externalId": it.externalId})
-                else:
-                    found.append(meta)
-            return found, missing
-
-        found, missing = await asyncio.to_thread(look)
+        found, missing = await asyncio.to_thread(look, project, body.items)
         if missing and not body.ignoreUnknownIds:
             raise PlatformError(400, "files not found", missing=missing)
         return json_response({"items": [file_json(m) for m in found]})
+
+    async def delete(project: str, metas: list[FileMeta]) -> Response:
+        unique = list({m.id: m for m in metas}.values())
+        try:
+            await asyncio.to_thread(delete_files, service.queue, service.files, project, unique)
+        except FileInUse as e:
+            raise _in_use(e) from None
+        return json_response({})
+
+    @router.post(
+        "/files/delete",
+        **platform_doc("Delete files (metadata and content)", json_body(FilesDelete)),
+    )
+    async def files_delete(project: str, request: Request) -> Response:
+        authorise(state.keys, request)
+        body = parse(FilesDelete, await read_json(request))
+        found, missing = await asyncio.to_thread(look, project, body.items)
+        if missing and not body.ignoreUnknownIds:
+            raise PlatformError(400, "files not found; nothing was deleted", missing=missing)
+        return await delete(project, found)
+
+    @router.delete("/files/{file_id}", **platform_doc("Delete a file (metadata and content)"))
+    async def file_delete(project: str, file_id: str, request: Request) -> Response:
+        authorise(state.keys, request)
+        return await delete(project, [await get_file(project, int_id(file_id, "file id"))])
 
     return router
 
@@ -197,4 +252,11 @@ MULTIPART_FILE: dict[str, Any] = {
 RAW_BYTES: dict[str, Any] = {
     "required": True,
     "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+}
+NO_SPACE: dict[int | str, dict[str, Any]] = {
+    507: {
+        **PLATFORM_ERRORS[400],
+        "description": "Not enough free disk space for the upload (below min_free_disk_mb); "
+        "nothing was stored",
+    }
 }

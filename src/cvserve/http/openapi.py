@@ -47,6 +47,7 @@ def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any
     }
 
 
+query_param = _query  # for the route modules that document their own query parameters
 _NUMBER = {"type": "number", "minimum": 0, "maximum": 100}
 _BOOL = {"type": "string", "enum": ["true", "false"]}
 HOSTED_PARAMETERS = [
@@ -311,7 +312,7 @@ PLATFORM_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing API key (when keys are configured)", **_PLATFORM_ERROR},
     403: {"description": "Wrong API key", **_PLATFORM_ERROR},
     404: {"description": "No such file, job or model", **_PLATFORM_ERROR},
-    409: {"description": "Duplicate externalId", **_PLATFORM_ERROR},
+    409: {"description": "Duplicate externalId; a file a job still needs", **_PLATFORM_ERROR},
     413: {"description": "Body too large", **_PLATFORM_ERROR},
 }
 
@@ -322,17 +323,19 @@ def platform_doc(
     status: int = 200,
     *,
     headers: list[dict[str, Any]] | None = None,
+    params: list[dict[str, Any]] | None = None,  # query parameters the route parses itself
+    responses: dict[int | str, dict[str, Any]] | None = None,  # more than PLATFORM_ERRORS
 ) -> dict[str, Any]:
     """Route keyword arguments documenting a platform route that reads its own body."""
     extra: dict[str, Any] = {}
     if request_body is not None:
         extra["requestBody"] = request_body
-    if headers:
-        extra["parameters"] = headers
+    if headers or params:
+        extra["parameters"] = [*(headers or []), *(params or [])]
     return {
         "summary": summary,
         "status_code": status,
-        "responses": PLATFORM_ERRORS,
+        "responses": {**PLATFORM_ERRORS, **(responses or {})},
         "openapi_extra": extra,
     }
 

@@ -6,6 +6,8 @@ keys configured, a missing key is 401 and a wrong one 403, both in that shape.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -73,3 +75,45 @@ def parse(model: type[M], body: Any) -> M:
         return model.model_validate(body)
     except ValidationError as e:
         raise BadRequest(validation_message(e)) from None
+
+
+def query_limit(request: Request, default: int = 100, maximum: int = 1000) -> int:
+    """`?limit=N`: an integer 1..maximum (400 naming `limit` otherwise)."""
+    raw = request.query_params.get("limit")
+    if raw is None or raw == "":
+        return default
+    try:
+        n = int(raw)
+    except ValueError:
+        raise BadRequest(f"limit must be an integer from 1 to {maximum}, got {raw!r}") from None
+    if not 1 <= n <= maximum:
+        raise BadRequest(f"limit must be from 1 to {maximum}, got {n}")
+    return n
+
+
+_CURSOR_PREFIX = "cvs1:"
+
+
+def encode_cursor(last_id: int) -> str:
+    """An opaque cursor: the next page starts below `last_id`."""
+    raw = f"{_CURSOR_PREFIX}{last_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def query_cursor(request: Request) -> int | None:
+    """`?cursor=C` from a previous page's `nextCursor` (400 naming `cursor` otherwise)."""
+    raw = request.query_params.get("cursor")
+    if raw is None or raw == "":
+        return None
+    try:
+        text = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
+        if not text.startswith(_CURSOR_PREFIX):
+            raise ValueError(text)
+        n = int(text.removeprefix(_CURSOR_PREFIX))
+        if n < 1:
+            raise ValueError(text)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise BadRequest(
+            f"cursor {raw!r} is not a cursor this server gave out: pass a nextCursor as is"
+        ) from None
+    return n

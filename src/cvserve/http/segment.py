@@ -6,6 +6,9 @@ are accepted too)
   label}], boundingBox?: {xMin, yMin, xMax, yMax}, model?}` (coordinates 0..1) -> 200 job
   `{status: "Queued", createdTime, startTime, statusTime, jobId, items, points, boundingBox,
   errorMessage: null}`. `startTime` equals `createdTime` until a worker starts the job.
+- `GET /context/vision/segment?limit=N&cursor=C` -> `{items: [job, ...], nextCursor}`: the
+  project's jobs newest first, each as GET by id answers it; `limit` 1..1000 (default 100);
+  `nextCursor` (opaque) fetches the next page, null on the last one.
 - `GET /context/vision/segment/{jobId}` -> `{..., items: [{fileId, fileExternalId,
   segments: [{score, polygons: [{vertices: [{x, y, confidence}], confidence}]}]}],
   prompt: {points, boundingBox}, errorMessage, failedItems?}`.
@@ -28,6 +31,7 @@ import functools
 import hashlib
 import time
 from collections.abc import Callable
+from typing import Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -37,8 +41,18 @@ from starlette.responses import Response
 from cvserve.errors import BadRequest, ModelNotFound
 from cvserve.http.body import read_json
 from cvserve.http.errors import PlatformError
-from cvserve.http.openapi import BETA_HEADER, json_body, platform_doc
-from cvserve.http.platform import BASE, PlatformRoute, authorise, int_id, parse, require_beta
+from cvserve.http.openapi import BETA_HEADER, json_body, platform_doc, query_param
+from cvserve.http.platform import (
+    BASE,
+    PlatformRoute,
+    authorise,
+    encode_cursor,
+    int_id,
+    parse,
+    query_cursor,
+    query_limit,
+    require_beta,
+)
 from cvserve.http.responses import json_response
 from cvserve.http.state import AppState
 from cvserve.images import decode_base64
@@ -121,6 +135,26 @@ def build_router(state: AppState) -> APIRouter:
         return json_response(submitted_json(job))
 
     @router.get(
+        "/context/vision/segment",
+        **platform_doc(
+            "List segmentation jobs, newest first",
+            headers=BETA_HEADER,
+            params=LIST_PARAMETERS,
+            responses=LIST_RESPONSE,
+        ),
+    )
+    async def list_segment(project: str, request: Request) -> Response:
+        authorise(state.keys, request)
+        require_beta(request)
+        limit = query_limit(request)
+        before = query_cursor(request)
+        # One more than asked: whether a next page exists, without a count.
+        jobs = await asyncio.to_thread(service.queue.list_jobs, KIND, project, limit + 1, before)
+        page = jobs[:limit]
+        cursor = encode_cursor(page[-1].id) if len(jobs) > limit else None
+        return json_response({"items": [job_json(j) for j in page], "nextCursor": cursor})
+
+    @router.get(
         "/context/vision/segment/{job_id}",
         **platform_doc("A segmentation job's status and results", headers=BETA_HEADER),
     )
@@ -173,3 +207,37 @@ def build_router(state: AppState) -> APIRouter:
         )
 
     return router
+
+
+LIST_PARAMETERS = [
+    query_param(
+        "limit",
+        "At most this many jobs (1-1000, default 100).",
+        {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+    ),
+    query_param(
+        "cursor",
+        "The `nextCursor` of the previous page (opaque).",
+        {"type": "string"},
+    ),
+]
+LIST_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "A page of jobs, newest first; `nextCursor` null on the last page",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["items", "nextCursor"],
+                    "properties": {
+                        "items": {
+                            "type": "array",
+                            "items": {"type": "object", "description": "a job, as GET by id"},
+                        },
+                        "nextCursor": {"type": ["string", "null"]},
+                    },
+                }
+            }
+        },
+    }
+}

@@ -8,8 +8,10 @@ re-upload never reuses a stale embedding.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import shutil
 import sqlite3
 import tempfile
 import threading
@@ -27,6 +29,12 @@ class DuplicateExternalId(CVServeError):
     def __init__(self, external_id: str) -> None:
         super().__init__(f"a file with externalId {external_id!r} already exists")
         self.external_id = external_id
+
+
+class InsufficientStorage(CVServeError):
+    """No room for an upload: refused before anything is stored (HTTP 507)."""
+
+    status = 507
 
 
 @dataclass(frozen=True)
@@ -130,10 +138,17 @@ class FileStore:
         """Store the content (atomically) and mark the file uploaded. Blocking: call off-loop."""
         fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=self.root)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise InsufficientStorage(
+                        "the server's file storage is full: the upload was not stored"
+                    ) from e
+                raise
             with self._write_lock:
                 os.replace(tmp, self.path(meta.id))
                 t = now_ms()
@@ -151,3 +166,29 @@ class FileStore:
 
     def read(self, meta: FileMeta) -> bytes:
         return self.path(meta.id).read_bytes()
+
+    def delete(self, project: str, file_id: int) -> bool:
+        """Remove the metadata, then the bytes; False when there was no such file.
+
+        A crash between the two leaves an orphan content file, never metadata without
+        content being reported as present (a later read is a clean FileNotFoundError)."""
+        with self._write_lock:  # not between a write's rename and its UPDATE
+            cur = self.db.execute(
+                "DELETE FROM files WHERE id = ? AND project = ?", (file_id, project)
+            )
+            if cur.rowcount != 1:
+                return False
+            self.path(file_id).unlink(missing_ok=True)
+        return True
+
+    def expired(self, older_than_ms: int, limit: int, after_id: int = 0) -> list[FileMeta]:
+        """Up to `limit` files (every project) not updated for `older_than_ms`, by id."""
+        rows = self.db.all(
+            "SELECT * FROM files WHERE last_updated_time < ? AND id > ? ORDER BY id LIMIT ?",
+            (now_ms() - older_than_ms, after_id, limit),
+        )
+        return [_meta(r) for r in rows]
+
+    def free_bytes(self) -> int | None:
+        """Free space on the file system holding the content folder."""
+        return int(shutil.disk_usage(self.root).free)

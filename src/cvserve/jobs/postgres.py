@@ -8,26 +8,25 @@ so workers on many machines never wait on each other nor take the same job. Leas
 come from the database's clock, one clock for every machine. File metadata and bytes
 (`bytea`) live in the database too: nothing is on a node's disk.
 
-Connections: a small pool, one connection per call in flight. A call that meets a broken
-connection (the server restarted, the network dropped) is retried a bounded number of times
-on a fresh connection with a short backoff, so a PostgreSQL restart costs callers a pause,
-not an error. psycopg 3 is imported here only: `pip install 'cvserve[postgres]'`.
+The queue is here; the schema and the connection pool (bounded retries on a broken
+connection) are in `cvserve.jobs.pg_database`, the file store in `cvserve.jobs.pg_files`;
+this module re-exports them. psycopg 3 is needed: `pip install 'cvserve[postgres]'`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
-import re
-import threading
-import time
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
-from cvserve.errors import CVServeError
-from cvserve.jobs.files import DuplicateExternalId, FileMeta, _meta
+from cvserve.jobs.pg_database import JOB_COLUMNS as _JOB_COLUMNS
+from cvserve.jobs.pg_database import (
+    NOW_MS,
+    DatabaseUnavailable,
+    PostgresDatabase,
+    redact_url,
+)
+from cvserve.jobs.pg_files import PostgresFileStore
 from cvserve.jobs.queue import (
     DEFAULT_LEASE_MS,
     DEFAULT_MAX_ATTEMPTS,
@@ -41,239 +40,13 @@ from cvserve.jobs.queue import (
 if TYPE_CHECKING:
     import psycopg
 
-log = logging.getLogger("cvserve.jobs")
-T = TypeVar("T")
-
-# Milliseconds since the epoch on the database's clock (the transaction's start time).
-NOW_MS = "(extract(epoch from now()) * 1000)::bigint"
-_SCHEMA_LOCK = 0x63767365  # pg_advisory_xact_lock key: one schema creator at a time
-
-_SCHEMA = [
-    """
-    CREATE TABLE IF NOT EXISTS cvserve_jobs (
-        id BIGSERIAL PRIMARY KEY,
-        kind TEXT NOT NULL,
-        project TEXT NOT NULL,
-        status TEXT NOT NULL CHECK (status IN ('Queued', 'Running', 'Completed', 'Failed')),
-        payload TEXT NOT NULL,
-        result TEXT,
-        error TEXT,
-        created_time BIGINT NOT NULL,
-        start_time BIGINT,
-        status_time BIGINT NOT NULL,
-        attempt INTEGER NOT NULL DEFAULT 0,
-        owner TEXT,
-        lease_until BIGINT
-    )
-    """,
-    "CREATE INDEX IF NOT EXISTS cvserve_jobs_pending ON cvserve_jobs (status, id)",
-    # Status only moves forward: Queued -> Running -> Completed | Failed (Queued -> Failed
-    # for jobs given up on); Running -> Running is a re-claim. Terminal rows are frozen.
-    """
-    CREATE OR REPLACE FUNCTION cvserve_jobs_forward() RETURNS trigger AS $$
-    BEGIN
-        IF NOT ((OLD.status = 'Queued' AND NEW.status IN ('Queued', 'Running', 'Failed'))
-                OR (OLD.status = 'Running' AND NEW.status IN ('Running', 'Completed', 'Failed')))
-        THEN
-            RAISE EXCEPTION 'job status may only move forward' USING ERRCODE = 'check_violation';
-        END IF;
-        RETURN NEW;
-    END
-    $$ LANGUAGE plpgsql
-    """,
-    """
-    DO $$ BEGIN
-        IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'cvserve_jobs_status_forward'
-                       AND tgrelid = 'cvserve_jobs'::regclass) THEN
-            CREATE TRIGGER cvserve_jobs_status_forward
-            BEFORE UPDATE OF status, result, error ON cvserve_jobs
-            FOR EACH ROW EXECUTE FUNCTION cvserve_jobs_forward();
-        END IF;
-    END $$
-    """,
-    """
-    CREATE TABLE IF NOT EXISTS cvserve_files (
-        id BIGSERIAL PRIMARY KEY,
-        project TEXT NOT NULL,
-        external_id TEXT,
-        name TEXT NOT NULL,
-        mime_type TEXT,
-        uploaded BOOLEAN NOT NULL DEFAULT false,
-        size BIGINT,
-        sha256 TEXT,
-        content BYTEA,
-        created_time BIGINT NOT NULL,
-        uploaded_time BIGINT,
-        last_updated_time BIGINT NOT NULL,
-        UNIQUE (project, external_id)
-    )
-    """,
-    # Images and the like do not compress: store them out of line without trying.
-    "ALTER TABLE cvserve_files ALTER COLUMN content SET STORAGE EXTERNAL",
+__all__ = [
+    "DatabaseUnavailable",
+    "PostgresDatabase",
+    "PostgresFileStore",
+    "PostgresQueue",
+    "redact_url",
 ]
-
-_JOB_COLUMNS = (
-    "id, kind, project, status, payload, result, error, created_time, start_time,"
-    " status_time, attempt, owner"
-)
-_FILE_COLUMNS = (
-    "id, project, external_id, name, mime_type, uploaded, size, sha256, created_time,"
-    " uploaded_time, last_updated_time"
-)
-
-
-class DatabaseUnavailable(CVServeError):
-    status = 503
-
-    def __init__(self, where: str, cause: BaseException) -> None:
-        super().__init__(f"the jobs database ({where}) is unavailable: {type(cause).__name__}")
-
-
-def redact_url(url: str) -> str:
-    """The URL (or `key=value` conninfo) with any password replaced by ***, for logs."""
-    if "://" not in url:
-        return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", url)
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return "<unparseable database URL>"
-    parts = parts._replace(query=re.sub(r"(password=)[^&]*", r"\1***", parts.query))
-    if password is not None:
-        host = parts.netloc.rpartition("@")[2]
-        parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
-    return urlunsplit(parts)
-
-
-def _psycopg() -> Any:
-    try:
-        import psycopg
-    except ImportError as e:  # pragma: no cover - depends on the install
-        raise RuntimeError(
-            "a PostgreSQL database_url needs psycopg: pip install 'cvserve[postgres]'"
-        ) from e
-    return psycopg
-
-
-class PostgresDatabase:
-    """A small connection pool with bounded retries on broken connections."""
-
-    def __init__(
-        self,
-        url: str,
-        *,
-        max_connections: int = 8,
-        retries: int = 8,
-        backoff_s: float = 0.05,
-        max_backoff_s: float = 1.0,
-        connect_timeout_s: float = 5.0,
-    ) -> None:
-        self._psycopg = _psycopg()
-        from psycopg.rows import dict_row
-
-        self._row_factory = dict_row
-        self._url = url
-        self.where = redact_url(url)
-        self.retries = retries
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
-        self.connect_timeout_s = connect_timeout_s
-        self._idle: list[psycopg.Connection[Any]] = []
-        self._lock = threading.Lock()
-        self._slots = threading.BoundedSemaphore(max_connections)
-        self._closed = False
-        self.reconnects = 0  # broken connections replaced (for tests and logs)
-        self.run(self._create_schema)
-
-    @staticmethod
-    def _create_schema(conn: psycopg.Connection[Any]) -> None:
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-        for statement in _SCHEMA:
-            conn.execute(statement)
-
-    # -- connections ---------------------------------------------------------------------
-    def _connect(self) -> psycopg.Connection[Any]:
-        conn: psycopg.Connection[Any] = self._psycopg.connect(
-            self._url,
-            autocommit=True,
-            row_factory=self._row_factory,
-            connect_timeout=max(1, round(self.connect_timeout_s)),
-            application_name="cvserve",
-        )
-        return conn
-
-    def _take(self) -> psycopg.Connection[Any]:
-        with self._lock:
-            while self._idle:
-                conn = self._idle.pop()
-                if not conn.closed and not conn.broken:
-                    return conn
-        return self._connect()
-
-    def _give(self, conn: psycopg.Connection[Any]) -> None:
-        with self._lock:
-            if not self._closed and not conn.closed and not conn.broken:
-                self._idle.append(conn)
-                return
-        conn.close()
-
-    def _drop_idle(self) -> None:
-        """After a broken connection every idle one is suspect (a restart breaks them all)."""
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
-
-    def run(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
-        """fn(conn) in one transaction; retried on a fresh connection if the link broke.
-
-        A retry after a lost link can repeat work whose COMMIT did reach the server; every
-        caller here tolerates that (a re-claim only costs a lease expiry, a repeated finish
-        is refused as stale).
-        """
-        pg = self._psycopg
-        delay = self.backoff_s
-        for attempt in range(self.retries + 1):
-            if self._closed:
-                raise RuntimeError("the jobs database is closed")
-            with self._slots:
-                conn: psycopg.Connection[Any] | None = None
-                try:
-                    conn = self._take()
-                    with conn.transaction():
-                        out = fn(conn)
-                    self._give(conn)
-                    return out
-                except (pg.OperationalError, pg.InterfaceError) as e:
-                    if conn is not None and not (conn.broken or conn.closed):
-                        # An error the server raised on a healthy link (a real failure,
-                        # not a lost connection): no retry helps.
-                        self._give(conn)
-                        raise
-                    if conn is not None:
-                        conn.close()
-                    self._drop_idle()
-                    self.reconnects += 1
-                    if attempt == self.retries:
-                        raise DatabaseUnavailable(self.where, e) from e
-                    log.warning(
-                        "jobs database %s: %s; retrying in %.2f s",
-                        self.where,
-                        str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__,
-                        delay,
-                    )
-                except BaseException:
-                    if conn is not None:
-                        self._give(conn)
-                    raise
-            time.sleep(delay)
-            delay = min(self.max_backoff_s, delay * 2)
-        raise AssertionError("unreachable")
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-        self._drop_idle()
 
 
 # -- the queue ---------------------------------------------------------------------------
@@ -325,6 +98,46 @@ class PostgresQueue:
             ).fetchall()
         )
         return {r["status"]: int(r["n"]) for r in rows}
+
+    def list_jobs(
+        self, kind: str, project: str, limit: int, before_id: int | None = None
+    ) -> list[Job]:
+        """Up to `limit` jobs of a project, newest (highest id) first, ids below `before_id`."""
+        rows = self.db.run(
+            lambda c: c.execute(
+                f"SELECT {_JOB_COLUMNS} FROM cvserve_jobs WHERE kind = %s AND project = %s"
+                " AND id < %s ORDER BY id DESC LIMIT %s",
+                (kind, project, before_id if before_id is not None else 2**63 - 1, limit),
+            ).fetchall()
+        )
+        return [_job(r) for r in rows]
+
+    def active_jobs(self, project: str | None = None) -> list[Job]:
+        """Every Queued or Running job (of one project, or all), oldest first."""
+        rows = self.db.run(
+            lambda c: c.execute(
+                f"SELECT {_JOB_COLUMNS} FROM cvserve_jobs WHERE status IN ('Queued', 'Running')"
+                " AND (%s::text IS NULL OR project = %s) ORDER BY id",
+                (project, project),
+            ).fetchall()
+        )
+        return [_job(r) for r in rows]
+
+    def purge_finished(self, older_than_ms: int, limit: int) -> int:
+        """Delete up to `limit` Completed/Failed jobs finished over `older_than_ms` ago
+        (on the database's clock)."""
+        return int(
+            self.db.run(
+                lambda c: (
+                    c.execute(
+                        "DELETE FROM cvserve_jobs WHERE id IN (SELECT id FROM cvserve_jobs"
+                        " WHERE status IN ('Completed', 'Failed')"
+                        f" AND status_time < {NOW_MS} - %s ORDER BY id LIMIT %s)",
+                        (older_than_ms, limit),
+                    ).rowcount
+                )
+            )
+        )
 
     # -- workers -------------------------------------------------------------------------
     def recover(self) -> int:
@@ -441,82 +254,3 @@ class PostgresQueue:
 
     def _one_row(self, sql: str, params: tuple[Any, ...]) -> bool:
         return bool(self.db.run(lambda c: c.execute(sql, params).rowcount) == 1)
-
-
-# -- the file store ----------------------------------------------------------------------
-class PostgresFileStore:
-    """`FilesStore` on PostgreSQL: metadata and content (bytea) in `cvserve_files`."""
-
-    def __init__(self, db: PostgresDatabase) -> None:
-        self.db = db
-        self._unique = db._psycopg.errors.UniqueViolation
-
-    def create(
-        self, project: str, name: str, mime_type: str | None, external_id: str | None = None
-    ) -> FileMeta:
-        def go(c: psycopg.Connection[Any]) -> Any:
-            return c.execute(
-                "INSERT INTO cvserve_files (project, external_id, name, mime_type,"
-                f" created_time, last_updated_time) VALUES (%s, %s, %s, %s, {NOW_MS}, {NOW_MS})"
-                f" RETURNING {_FILE_COLUMNS}",
-                (project, external_id, name, mime_type),
-            ).fetchone()
-
-        try:
-            return _meta(self.db.run(go))
-        except self._unique as e:
-            raise DuplicateExternalId(external_id or "") from e
-
-    def get(self, project: str, file_id: int) -> FileMeta | None:
-        return self._one(
-            f"SELECT {_FILE_COLUMNS} FROM cvserve_files WHERE id = %s AND project = %s",
-            (file_id, project),
-        )
-
-    def by_external_id(self, project: str, external_id: str) -> FileMeta | None:
-        return self._one(
-            f"SELECT {_FILE_COLUMNS} FROM cvserve_files WHERE external_id = %s AND project = %s",
-            (external_id, project),
-        )
-
-    def find(
-        self, project: str, file_id: int | None = None, external_id: str | None = None
-    ) -> FileMeta | None:
-        if file_id is not None:
-            return self.get(project, file_id)
-        if external_id is not None:
-            return self.by_external_id(project, external_id)
-        return None
-
-    def write(self, meta: FileMeta, data: bytes) -> FileMeta:
-        """Store the content and mark the file uploaded, in one transaction."""
-        digest = hashlib.sha256(data).hexdigest()
-
-        def go(c: psycopg.Connection[Any]) -> Any:
-            return c.execute(
-                "UPDATE cvserve_files SET content = %b, uploaded = true, size = %s, sha256 = %s,"
-                f" uploaded_time = {NOW_MS}, last_updated_time = {NOW_MS}"
-                f" WHERE id = %s AND project = %s RETURNING {_FILE_COLUMNS}",
-                (data, len(data), digest, meta.id, meta.project),
-            ).fetchone()
-
-        row = self.db.run(go)
-        if row is None:
-            raise FileNotFoundError(f"file {meta.id} is gone")
-        return _meta(row)
-
-    def read(self, meta: FileMeta) -> bytes:
-        row = self.db.run(
-            lambda c: c.execute(
-                "SELECT content FROM cvserve_files WHERE id = %s AND uploaded",
-                (meta.id,),
-                binary=True,
-            ).fetchone()
-        )
-        if row is None or row["content"] is None:
-            raise FileNotFoundError(f"file {meta.id} has no stored content")
-        return bytes(row["content"])
-
-    def _one(self, sql: str, params: tuple[Any, ...]) -> FileMeta | None:
-        row = self.db.run(lambda c: c.execute(sql, params).fetchone())
-        return _meta(row) if row is not None else None

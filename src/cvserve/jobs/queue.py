@@ -136,6 +136,34 @@ class JobQueue:
         rows = self.db.all("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status")
         return {r["status"]: r["n"] for r in rows}
 
+    def list_jobs(
+        self, kind: str, project: str, limit: int, before_id: int | None = None
+    ) -> list[Job]:
+        """Up to `limit` jobs of a project, newest (highest id) first, ids below `before_id`."""
+        rows = self.db.all(
+            "SELECT * FROM jobs WHERE kind = ? AND project = ? AND id < ? ORDER BY id DESC LIMIT ?",
+            (kind, project, before_id if before_id is not None else 2**63 - 1, limit),
+        )
+        return [_job(r) for r in rows]
+
+    def active_jobs(self, project: str | None = None) -> list[Job]:
+        """Every Queued or Running job (of one project, or all), oldest first."""
+        rows = self.db.all(
+            "SELECT * FROM jobs WHERE status IN ('Queued', 'Running')"
+            " AND (? IS NULL OR project = ?) ORDER BY id",
+            (project, project),
+        )
+        return [_job(r) for r in rows]
+
+    def purge_finished(self, older_than_ms: int, limit: int) -> int:
+        """Delete up to `limit` Completed/Failed jobs finished over `older_than_ms` ago."""
+        cur = self.db.execute(
+            "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs"
+            " WHERE status IN ('Completed', 'Failed') AND status_time < ? ORDER BY id LIMIT ?)",
+            (now_ms() - older_than_ms, limit),
+        )
+        return int(cur.rowcount)
+
     # -- workers -------------------------------------------------------------------------
     def recover(self) -> int:
         """Expire the leases of Running jobs whose owner is certainly gone; returns how many."""

@@ -1,9 +1,12 @@
 """The two storage interfaces of the jobs subsystem, and the one place a backend is chosen.
 
-- `QueueStore`: the durable job queue (the job records too): submit, get, counts; and for
-  workers claim with a lease, heartbeat, complete/fail (only by the attempt that still holds
-  the job), release, recover. Status only moves forward.
-- `FilesStore`: stored files, metadata and bytes; externalId unique per project.
+- `QueueStore`: the durable job queue (the job records too): submit, get, counts, list
+  (newest first, paged by id), the active (Queued/Running) jobs, purge of old finished ones;
+  and for workers claim with a lease, heartbeat, complete/fail (only by the attempt that
+  still holds the job), release, recover. Status only moves forward.
+- `FilesStore`: stored files, metadata and bytes; externalId unique per project; delete
+  (metadata and bytes), the files not updated for a while (retention), and the free space
+  where the bytes go (None where the store cannot tell: PostgreSQL).
 
 Implementations: SQLite + a local folder (`JobQueue`, `FileStore`: the default, one
 machine) and PostgreSQL (`cvserve.jobs.postgres`, metadata and bytes in the database, so
@@ -38,6 +41,14 @@ class QueueStore(Protocol):
     def get(self, job_id: int, project: str | None = None) -> Job | None: ...
 
     def counts(self) -> dict[str, int]: ...
+
+    def list_jobs(
+        self, kind: str, project: str, limit: int, before_id: int | None = None
+    ) -> list[Job]: ...
+
+    def active_jobs(self, project: str | None = None) -> list[Job]: ...
+
+    def purge_finished(self, older_than_ms: int, limit: int) -> int: ...
 
     def recover(self) -> int: ...
 
@@ -74,6 +85,12 @@ class FilesStore(Protocol):
     def write(self, meta: FileMeta, data: bytes) -> FileMeta: ...
 
     def read(self, meta: FileMeta) -> bytes: ...
+
+    def delete(self, project: str, file_id: int) -> bool: ...
+
+    def expired(self, older_than_ms: int, limit: int, after_id: int = 0) -> list[FileMeta]: ...
+
+    def free_bytes(self) -> int | None: ...
 
 
 @dataclass
