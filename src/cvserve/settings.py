@@ -74,8 +74,13 @@ class Settings(BaseSettings):
     ray_max_replicas: int = 0
     ray_models_per_replica: int = 3
     ray_job_replicas: int = 1  # replicas running job workers (job_workers threads each)
+    # Model budget (0: unbounded): past it, the least recently used idle model is unloaded
+    # before another loads (cvserve.engine.residency). Preloaded models load at start, pinned.
+    max_loaded_models: int = Field(default=0, ge=0)
+    model_memory_mb: int = Field(default=0, ge=0)
+    preload: Annotated[tuple[str, ...], NoDecode] = ()
 
-    @field_validator("api_keys", "allow_url_hosts", mode="before")
+    @field_validator("api_keys", "allow_url_hosts", "preload", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):

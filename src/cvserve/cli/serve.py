@@ -64,6 +64,23 @@ def serve(
     models_per_replica: int | None = setting_option(
         "ray_models_per_replica", "--models-per-replica", help="Models one replica holds."
     ),
+    max_loaded_models: int | None = setting_option(
+        "max_loaded_models",
+        "--max-loaded-models",
+        help="Models loaded at once (0: any number); past it the least recently used idle "
+        "model is unloaded first.",
+    ),
+    model_memory_mb: int | None = setting_option(
+        "model_memory_mb",
+        "--model-memory-mb",
+        help="Resident memory the loaded models may take, in MB, as measured at each load "
+        "(0: any); past it the least recently used idle model is unloaded first.",
+    ),
+    preload: list[str] | None = setting_option(
+        "preload",
+        "--preload",
+        help="Load this model at start, in the background, and never unload it (repeatable).",
+    ),
 ) -> None:
     """Serve the hosted inference API (and the web page, the SDK routes, segment jobs)."""
     import uvicorn
@@ -87,6 +104,9 @@ def serve(
         ray_min_replicas=min_replicas,
         ray_max_replicas=max_replicas,
         ray_models_per_replica=models_per_replica,
+        max_loaded_models=max_loaded_models,
+        model_memory_mb=model_memory_mb,
+        preload=split_list(preload),
     )
     configure_logging(
         settings.log_level
