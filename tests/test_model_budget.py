@@ -128,3 +128,20 @@ def test_unbounded_by_default(store: ModelStore) -> None:
         residency.load(f"m{i}/1")
     assert len(store.loaded_ids()) == 5 and residency.evictions == {}
     assert all(store.stats[f"m{i}/1"].seconds > 0 for i in range(5))
+
+
+def test_settings_and_environment_names() -> None:
+    from cvserve.settings import Settings
+
+    assert (Settings().max_loaded_models, Settings().model_memory_mb, Settings().preload) == (
+        0, 0, (),
+    )  # fmt: skip
+    env = {
+        "CVSERVE_MAX_LOADED_MODELS": "3",
+        "CVSERVE_MODEL_MEMORY_MB": "512",
+        "CVSERVE_PRELOAD": "a/1, b/2",
+    }
+    s = Settings.from_env(env)
+    assert (s.max_loaded_models, s.model_memory_mb, s.preload) == (3, 512, ("a/1", "b/2"))
+    with pytest.raises(ValueError):
+        Settings(max_loaded_models=-1)

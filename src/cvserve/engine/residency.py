@@ -89,7 +89,8 @@ class Residency:
         self._lock = threading.Lock()  # the bookkeeping above
         self._idle = threading.Condition(self._lock)  # notified when a request finishes
         self._loading = threading.Lock()  # one budgeted load (evictions + load) at a time
-        admission.listeners.append(self._finished)
+        if budget.bounded:  # only a load waiting for room listens
+            admission.listeners.append(self._finished)
 
     # -- bookkeeping ---------------------------------------------------------------------
     def touch(self, model_id: str) -> None:
