@@ -162,7 +162,6 @@ class Residency:
                 if model is None:
                     self._make_room(model_id, pin=pin, wait_s=wait_s)
                     model = self.store.get(model_id)
-                    self.touch(model_id)
                     self._shrink(keep=model_id)  # its measured size may pass the estimate
         elif model is None:
             model = self.store.get(model_id)
