@@ -80,8 +80,13 @@ class Settings(BaseSettings):
     job_retention_hours: float = Field(default=0.0, ge=0)
     file_retention_hours: float = Field(default=0.0, ge=0)
     min_free_disk_mb: float = Field(default=100.0, ge=0)
+    # Model budget (0: unbounded): past it, the least recently used idle model is unloaded
+    # before another loads (cvserve.engine.residency). Preloaded models load at start, pinned.
+    max_loaded_models: int = Field(default=0, ge=0)
+    model_memory_mb: int = Field(default=0, ge=0)
+    preload: Annotated[tuple[str, ...], NoDecode] = ()
 
-    @field_validator("api_keys", "allow_url_hosts", mode="before")
+    @field_validator("api_keys", "allow_url_hosts", "preload", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):

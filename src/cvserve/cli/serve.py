@@ -82,6 +82,23 @@ def serve(
         help="Uploads that would leave less free disk than this where files are stored get "
         "507; 0: no floor.",
     ),
+    max_loaded_models: int | None = setting_option(
+        "max_loaded_models",
+        "--max-loaded-models",
+        help="Models loaded at once (0: any number); past it the least recently used idle "
+        "model is unloaded first.",
+    ),
+    model_memory_mb: int | None = setting_option(
+        "model_memory_mb",
+        "--model-memory-mb",
+        help="Resident memory the loaded models may take, in MB, as measured at each load "
+        "(0: any); past it the least recently used idle model is unloaded first.",
+    ),
+    preload: list[str] | None = setting_option(
+        "preload",
+        "--preload",
+        help="Load this model at start, in the background, and never unload it (repeatable).",
+    ),
 ) -> None:
     """Serve the hosted inference API (and the web page, the SDK routes, segment jobs)."""
     import uvicorn
@@ -108,6 +125,9 @@ def serve(
         job_retention_hours=job_retention_hours,
         file_retention_hours=file_retention_hours,
         min_free_disk_mb=min_free_disk_mb,
+        max_loaded_models=max_loaded_models,
+        model_memory_mb=model_memory_mb,
+        preload=split_list(preload),
     )
     configure_logging(
         settings.log_level

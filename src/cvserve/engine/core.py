@@ -1,6 +1,7 @@
 """The Engine: every door's way to a model, with no HTTP in it.
 
-It owns model lookup and loading (off the request threads), the per-model admission bound,
+It owns model lookup and loading (off the request threads, within the model budget of
+`residency`, preloads pinned), the per-model admission bound,
 each model's lanes, the request deadline with ONNX Runtime cancellation, the metrics
 listeners, and the one decode -> preprocess -> predict -> render path.
 """
@@ -8,6 +9,8 @@ listeners, and the one decode -> preprocess -> predict -> render path.
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,6 +24,7 @@ from cvserve.engine.deadline import time_left
 from cvserve.engine.lanes import Lanes
 from cvserve.engine.pipeline import Rendered
 from cvserve.engine.promptable import Prompt, PromptResult
+from cvserve.engine.residency import Budget, Residency
 from cvserve.errors import BadRequest, DeadlineExceeded, ModelNotFound, Overloaded
 from cvserve.images import decode_image
 from cvserve.models.base import InferParams, Model, ModelInfo
@@ -33,6 +37,10 @@ from cvserve.params import RenderOptions
 from cvserve.settings import Settings
 
 T = TypeVar("T")
+log = logging.getLogger("cvserve.engine")
+# How long a load waits for a loaded model to go idle (to make room under the budget)
+# before answering 503: requests finish in milliseconds to seconds.
+BUSY_WAIT_S = 5.0
 
 
 class Engine:
@@ -43,6 +51,9 @@ class Engine:
         self.lanes = Lanes(settings.lanes())
         # Loading runs on its own threads so a slow load never starves inference.
         self._loader = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cvserve-load")
+        budget = Budget(settings.max_loaded_models, settings.model_memory_mb * 2**20)
+        self.residency = Residency(store, self.admission, budget)
+        self._preloads: dict[str, Future[Model]] = {}
 
     def add_listener(self, listener: Listener) -> None:
         """Called once per admitted image: (model_id, outcome, queued_s, run_s)."""
@@ -76,11 +87,14 @@ class Engine:
         """The loaded model; a load runs on the loader threads, within the deadline."""
         model = self.store.loaded(model_id)
         if model is not None:
+            self.residency.touch(model_id)
             return model
         self.model_info(model_id)  # 404 before any loading
         loop = asyncio.get_running_loop()
+        wait_s = max(0.0, min(BUSY_WAIT_S, self.time_left() - 1.0))
+        load = functools.partial(self.residency.load, model_id, wait_s=wait_s)
         # Shielded: a request that gives up waiting leaves the load going for the next one.
-        future = loop.run_in_executor(self._loader, self.store.get, model_id)
+        future = loop.run_in_executor(self._loader, load)
         try:
             return await asyncio.wait_for(
                 asyncio.shield(future), timeout=max(0.0, self.time_left())
@@ -90,6 +104,27 @@ class Engine:
                 f"model {model_id} is still loading after "
                 f"{self.settings.request_timeout_s:g} s; retry shortly"
             ) from None
+
+    def preload(self, model_ids: tuple[str, ...]) -> None:
+        """Load these models in the background (loader threads) and pin them."""
+        for model_id in model_ids:
+            if model_id not in self._preloads:
+                load = functools.partial(self.residency.load, model_id, pin=True)
+                future = self._loader.submit(load)
+                future.add_done_callback(functools.partial(_log_preload, model_id))
+                self._preloads[model_id] = future
+
+    def preload_status(self) -> tuple[list[str], dict[str, str]]:
+        """(models still loading, model -> why its preload failed)."""
+        loading, failed = [], {}
+        for model_id, future in self._preloads.items():
+            if not future.done():
+                loading.append(model_id)
+            elif future.cancelled():
+                failed[model_id] = "cancelled (the server is stopping)"
+            elif (error := future.exception()) is not None:
+                failed[model_id] = getattr(error, "message", None) or repr(error)
+        return loading, failed
 
     # -- the doors' calls ----------------------------------------------------------------
     async def infer(
@@ -134,8 +169,9 @@ class Engine:
         self, model_id: str, key: str, image: Callable[[], bytes], prompt: Prompt
     ) -> PromptResult:
         """The same on the caller's thread (the job workers): loads the model if needed."""
-        model = self.promptable_model(model_id)
-        return promptable.segment(model, key, self._decoder(image), prompt)
+        with self.residency.hold(model_id):  # not unloaded under the budget meanwhile
+            model = self.promptable_model(model_id)
+            return promptable.segment(model, key, self._decoder(image), prompt)
 
     def _decoder(self, image: Callable[[], bytes]) -> Callable[[], np.ndarray]:
         limits = self.settings
@@ -149,7 +185,8 @@ class Engine:
 
     def promptable_model(self, model_id: str) -> PromptableModel:
         """The model loaded on this thread, checked to be promptable (400 if not)."""
-        return promptable.promptable(self.store.get(model_id), model_id)
+        model = self.residency.load(model_id, wait_s=BUSY_WAIT_S)
+        return promptable.promptable(model, model_id)
 
     async def run(self, model_id: str, fn: Callable[..., T], *args: Any) -> T:
         """fn(*args) on the model's lanes, admitted by the gate, within the deadline. Past
@@ -202,3 +239,13 @@ class Engine:
             options.terminate = True
             job.cancel()
             raise
+
+
+def _log_preload(model_id: str, future: Future[Model]) -> None:
+    if future.cancelled():
+        return
+    error = future.exception()
+    if error is None:
+        log.info("preloaded model %s (pinned)", model_id)
+    else:
+        log.error("could not preload model %s: %s", model_id, getattr(error, "message", error))

@@ -35,11 +35,15 @@ def create_app(settings: Settings, state: AppState | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # In the background: /readiness answers 503 until they are loaded.
+        state.engine.preload(settings.preload)
         # Opens the job store and resumes jobs a crashed server left running.
         await asyncio.to_thread(state.jobs.start)
+        state.jobs_ready.set()
         try:
             yield
         finally:
+            state.jobs_ready.clear()
             try:
                 await asyncio.to_thread(state.jobs.stop)
             except Exception:

@@ -18,7 +18,7 @@ from cvserve.http.openapi import INFER_DOC, MODEL_ID_BODY
 from cvserve.http.responses import json_response
 from cvserve.http.state import AppState
 from cvserve.images import decode_base64
-from cvserve.models.base import InferParams, Task
+from cvserve.models.base import InferParams, ModelInfo, Task
 from cvserve.params import (
     CONFIDENCE_WORDS,
     MAX_DETECTIONS_LIMIT,
@@ -121,6 +121,17 @@ def _registry(state: AppState) -> dict[str, Any]:
     return {"models": models}
 
 
+def _listed(state: AppState, info: ModelInfo) -> dict[str, Any]:
+    """A /models entry; a loaded model's also says what its load took (time, memory)."""
+    entry = dict(info.as_dict(), loaded=state.store.loaded(info.model_id) is not None)
+    stats = state.store.stats.get(info.model_id)
+    if entry["loaded"] and stats is not None:
+        entry["load_seconds"] = round(stats.seconds, 4)
+        entry["resident_bytes"] = stats.resident_bytes
+        entry["pinned"] = info.model_id in state.engine.residency.pinned
+    return entry
+
+
 def build_router(state: AppState) -> APIRouter:
     router = APIRouter(tags=["inference-sdk"])
     engine = state.engine
@@ -194,14 +205,6 @@ def build_router(state: AppState) -> APIRouter:
     @router.get("/models")
     async def list_models(request: Request) -> Response:
         state.keys.check(request)
-        infos = state.store.infos()
-        return json_response(
-            {
-                "models": [
-                    dict(i.as_dict(), loaded=state.store.loaded(i.model_id) is not None)
-                    for i in infos
-                ]
-            }  # fmt: skip
-        )
+        return json_response({"models": [_listed(state, i) for i in state.store.infos()]})
 
     return router

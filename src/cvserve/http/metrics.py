@@ -2,7 +2,8 @@
 
 Requests by route and status, latency by route, per-model queue wait, inference time and
 outcomes (fed by the engine's admission listeners), queue depth and requests running,
-loaded models, and jobs by status.
+loaded models, model loads, load time, evictions and resident bytes per model, and jobs
+by status.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from prometheus_client.registry import Collector
 
 from cvserve.engine import Engine
 from cvserve.jobs.service import JobsService
-from cvserve.models.store import ModelStore
+from cvserve.models.store import LoadStats, ModelStore
 
+LOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 JOB_STATUSES = ("Queued", "Running", "Completed", "Failed")
 
@@ -63,14 +65,37 @@ class Metrics:
             ["model", "outcome"],
             registry=r,
         )
+        self.loads = Counter("cvserve_model_loads", "Model loads by model", ["model"], registry=r)
+        self.load_seconds = Histogram(
+            "cvserve_model_load_duration_seconds",
+            "Time to load a model (its sessions built), by model",
+            ["model"],
+            buckets=LOAD_BUCKETS,
+            registry=r,
+        )
+        self.evictions = Counter(
+            "cvserve_model_evictions",
+            "Models unloaded to stay within the model budget, by model",
+            ["model"],
+            registry=r,
+        )
         r.register(_LiveGauges(engine, store, jobs))
         engine.add_listener(self.observe_inference)
+        store.load_listeners.append(self.observe_load)
+        engine.residency.evict_listeners.append(self.observe_eviction)
 
     def observe_inference(self, model_id: str, outcome: str, queued_s: float, run_s: float) -> None:
         self.outcomes.labels(model_id, outcome).inc()
         if outcome in ("ok", "error", "deadline"):
             self.queue_wait.labels(model_id).observe(queued_s)
             self.inference.labels(model_id).observe(run_s)
+
+    def observe_load(self, model_id: str, stats: LoadStats) -> None:
+        self.loads.labels(model_id).inc()
+        self.load_seconds.labels(model_id).observe(stats.seconds)
+
+    def observe_eviction(self, model_id: str) -> None:
+        self.evictions.labels(model_id).inc()
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()
@@ -103,6 +128,14 @@ class _LiveGauges(Collector):
         loaded = GaugeMetricFamily("cvserve_models_loaded", "Models loaded in memory")
         loaded.add_metric([], sum(1 for m in self.store.ids() if self.store.loaded(m)))
         yield loaded
+        resident = GaugeMetricFamily(
+            "cvserve_model_resident_bytes",
+            "Resident memory of each loaded model (the process's growth across its load)",
+            labels=["model"],
+        )
+        for model_id, size in sorted(self.engine.residency.resident().items()):
+            resident.add_metric([model_id], size)
+        yield resident
         counts = self._job_counts()
         if counts is not None:
             jobs = GaugeMetricFamily("cvserve_jobs", "Segment jobs by status", labels=["status"])

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 from cvserve.engine import Engine
 from cvserve.http.auth import KeyChecker
@@ -22,6 +23,7 @@ class AppState:
     engine: Engine
     jobs: JobsService
     metrics: Metrics
+    jobs_ready: threading.Event = field(default_factory=threading.Event)  # set by the lifespan
 
 
 def build_state(

@@ -1,4 +1,4 @@
-"""Health, server info and the Prometheus metrics."""
+"""Liveness (/healthz), readiness (/readiness), server info and the Prometheus metrics."""
 
 from __future__ import annotations
 
@@ -19,9 +19,32 @@ def build_router(state: AppState) -> APIRouter:
     router = APIRouter(tags=["system"])
     server_id = str(uuid.uuid4())
 
-    @router.get("/healthz")
+    @router.get(
+        "/healthz",
+        summary="Liveness: the process answers",
+        description="200 while the server runs, loading or not; no API key.",
+    )
     async def healthz() -> Response:
         return json_response({"status": "ok"})
+
+    @router.get(
+        "/readiness",
+        summary="Readiness: the preloaded models are loaded and the job store is open",
+        description='503 `{"status": "starting", "waiting_for": [...]}` (or `"failed"`, '
+        'with `"failed": {model: reason}`, when a preload failed) until then, 200 '
+        '`{"status": "ready"}` after; no API key.',
+    )
+    async def readiness() -> Response:
+        loading, failed = state.engine.preload_status()
+        waiting = [f"models: {', '.join(loading)}"] if loading else []
+        if not state.jobs_ready.is_set():
+            waiting.append("job store")
+        if failed:
+            body = {"status": "failed", "waiting_for": waiting, "failed": failed}
+            return json_response(body, status=503)
+        if waiting:
+            return json_response({"status": "starting", "waiting_for": waiting}, status=503)
+        return json_response({"status": "ready"})
 
     @router.get("/info")
     async def info() -> Response:

@@ -1,7 +1,9 @@
 """The model store on disk: `<root>/<dataset>/<version>/cvserve.json` plus ONNX files.
 
 Listing reads manifests only. Loading builds sessions once per model, off the event
-loop, under a per-model lock, so loading one model never blocks requests to another.
+loop, under a per-model lock, so loading one model never blocks requests to another. Each
+load is timed and its resident growth measured (`stats`); which models stay loaded under a
+budget is the engine's business (cvserve.engine.residency).
 """
 
 from __future__ import annotations
@@ -10,6 +12,9 @@ import contextlib
 import shutil
 import tempfile
 import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from cvserve.errors import BadRequest, ModelLoadError, ModelNotFound
@@ -17,7 +22,20 @@ from cvserve.models import registry
 from cvserve.models.base import Model, ModelInfo
 from cvserve.models.ids import parse_model_id
 from cvserve.models.manifest import MANIFEST_NAME, Manifest, info_from_manifest
+from cvserve.models.memory import release_free_memory, resident_bytes
 from cvserve.models.runtime import RuntimeOptions
+
+
+@dataclass(frozen=True)
+class LoadStats:
+    """A model's latest load: how long it took and how much the process grew across it."""
+
+    seconds: float
+    resident_bytes: int
+    loads: int  # loads of this model since the store was opened
+
+
+LoadListener = Callable[[str, LoadStats], None]
 
 
 class ModelStore:
@@ -27,6 +45,8 @@ class ModelStore:
         self._models: dict[str, Model] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        self.stats: dict[str, LoadStats] = {}
+        self.load_listeners: list[LoadListener] = []
 
     # -- on-disk -------------------------------------------------------------------------
     def folder(self, model_id: str) -> Path:
@@ -109,15 +129,45 @@ class ModelStore:
         with lock:
             model = self._models.get(model_id)
             if model is None:
-                manifest = self.manifest(model_id)
-                model = registry.load(model_id, manifest, self.folder(model_id), self.options)
-                self._models[model_id] = model
+                model = self._load(model_id)
         return model
 
-    def unload(self, model_id: str) -> None:
+    def _load(self, model_id: str) -> Model:
+        manifest = self.manifest(model_id)
+        release_free_memory()
+        before, began = resident_bytes(), time.perf_counter()
+        model = registry.load(model_id, manifest, self.folder(model_id), self.options)
+        seconds = time.perf_counter() - began
+        release_free_memory()  # what the load parsed and dropped is not the model's
+        grown = max(0, resident_bytes() - before)  # another thread's frees can make it < 0
+        previous = self.stats.get(model_id)
+        stats = LoadStats(seconds, grown, (previous.loads if previous else 0) + 1)
+        self.stats[model_id] = stats
+        self._models[model_id] = model
+        for listener in list(self.load_listeners):
+            with contextlib.suppress(Exception):  # metrics must never fail a load
+                listener(model_id, stats)
+        return model
+
+    def loaded_ids(self) -> list[str]:
+        return list(self._models)
+
+    def file_bytes(self, model_id: str) -> int:
+        """The model folder's size on disk (a first guess at its memory, before any load)."""
+        try:
+            return sum(f.stat().st_size for f in self.folder(model_id).rglob("*") if f.is_file())
+        except (OSError, BadRequest):
+            return 0
+
+    def unload(self, model_id: str) -> bool:
+        """Drop the model (its memory goes when its last running request lets go of it)."""
         model = self._models.pop(model_id, None)
-        if model is not None:
-            model.close()
+        if model is None:
+            return False
+        model.close()
+        del model
+        release_free_memory()
+        return True
 
     def close(self) -> None:
         for mid in list(self._models):

@@ -57,6 +57,10 @@ class RemoteEngine(Engine):
         await self._call(model_id, "load")
         return _Remote(self, model_id)
 
+    def preload(self, model_ids: tuple[str, ...]) -> None:
+        """Nothing here: the ingress holds no sessions, and Serve places models on the
+        replicas as requests name them."""
+
     async def infer(
         self,
         model_id: str,

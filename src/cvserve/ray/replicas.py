@@ -23,9 +23,12 @@ def replica_settings(settings: Settings) -> Settings:
     """A replica's own layout, the server's auto layout within its CPU share: one
     single-threaded lane per CPU, plus (with two or more) a session on all of them for a
     request that is alone. Ray sets OMP_NUM_THREADS, which ONNX Runtime ignores, so the
-    threads are set here, explicitly."""
+    threads are set here, explicitly. Serve's multiplexing (`ray_models_per_replica`, its
+    LRU) decides which models a replica holds, not the plain server's model budget."""
     lanes = max(1, round(settings.ray_replica_cpus))
-    return settings.with_overrides(workers=lanes, intra_op_threads=1)
+    return settings.with_overrides(
+        workers=lanes, intra_op_threads=1, max_loaded_models=0, model_memory_mb=0, preload=()
+    )
 
 
 def replica_store(settings: Settings) -> ModelStore:
