@@ -13,7 +13,7 @@ SDK: it changes process-wide state) does it at the stream:
   the decoder printed, waits (bounded) for the reader to take its lines; the reader logs
   ONE warning per decode on the `cvserve.images` logger, inside the decoding request's
   context, so the line carries its request id. With several decodes in flight at once the
-  owner is unknown: the line is logged without a request id, saying so.
+  owner is unknown: each line is logged naming the candidate requests' ids instead.
 - A line that arrives while nothing decodes goes to fd 2 unchanged.
 
 Python's own stderr (sys.stderr, logging, tracebacks, faulthandler) writes fd 2 itself and
