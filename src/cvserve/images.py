@@ -18,6 +18,7 @@ import pybase64
 import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
+from cvserve import native_log
 from cvserve.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
 _MAGIC: tuple[tuple[bytes, str], ...] = (
@@ -196,7 +197,8 @@ def _decode_pixels(data: bytes, kind: str, pil: Image.Image, reduce: int) -> np.
         buf = np.frombuffer(data, np.uint8)
         # Orientation is applied by us (from the header we already read), not by OpenCV.
         try:
-            img = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+            with native_log.decoding():  # libpng/libjpeg print on corrupt data: see there
+                img = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
         except cv2.error:
             img = None
         if img is not None:
@@ -205,7 +207,8 @@ def _decode_pixels(data: bytes, kind: str, pil: Image.Image, reduce: int) -> np.
         # A fresh handle: a failed earlier load (e.g. reading EXIF) leaves `pil` half-read,
         # and a second load() on it would hand back blank pixels instead of failing.
         fresh = open_header(data, kind)
-        fresh.load()
+        with native_log.decoding():  # libtiff prints on corrupt data
+            fresh.load()
         return np.asarray(fresh.convert("RGB"))
     except Image.DecompressionBombError as e:  # Pillow's own cap, over 2x MAX_IMAGE_PIXELS
         raise PayloadTooLarge(f"{kind.upper()} image is too large for its decoder: {e}") from e

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -60,12 +61,22 @@ def models_list(models_dir: Path | None = MODELS_DIR_OPT) -> None:
             f"{len(info.class_names)}: {names}",
             size,
             origin or str(src.get("format", "")),
-            str(src.get("licence", "")),
+            _licence(src),
         )
     out = Console()
     if not out.is_terminal:  # piped: no terminal width to honour, don't squeeze the table
         out = Console(width=200)
     out.print(table)
+
+
+def _licence(source: dict[str, Any]) -> str:
+    """The licence cell: a composite's parts each on their own line, by model id."""
+    from cvserve.models.manifest import compose_licence
+
+    parts = source.get("parts")
+    if isinstance(parts, dict) and parts:
+        return "\n".join(compose_licence({mid: p}) for mid, p in parts.items())
+    return str(source.get("licence", ""))
 
 
 def models_remove(model_id: str, models_dir: Path | None = MODELS_DIR_OPT) -> None:

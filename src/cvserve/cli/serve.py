@@ -103,8 +103,9 @@ def serve(
     """Serve the hosted inference API (and the web page, the SDK routes, segment jobs)."""
     import uvicorn
 
+    from cvserve import native_log
     from cvserve.http.app import create_app
-    from cvserve.http.observability import configure_logging
+    from cvserve.http.observability import REQUEST_ID, configure_logging
     from cvserve.models.store import ModelStore
 
     settings = settings_with(
@@ -132,6 +133,9 @@ def serve(
     configure_logging(
         settings.log_level
     )  # lines carry the request id; access log on cvserve.access
+    # Decoder noise for corrupt images (libpng, libjpeg, libtiff, OpenCV's logger, Pillow's
+    # warnings) into that log, one warning per decode with its request id; see native_log.
+    native_log.quiet_decoders(request_id=REQUEST_ID.get)
     if settings.auto_pull and not ModelStore(settings.store_dir).ids():
         _pull_defaults(settings)
     console.print(

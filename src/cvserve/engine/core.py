@@ -9,6 +9,7 @@ listeners, and the one decode -> preprocess -> predict -> render path.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import time
@@ -219,7 +220,8 @@ class Engine:
             gate.notify(model_id, outcome, timing["queued"], timing["run"])
 
         try:
-            job = self.lanes.executor(model_id).submit(work)
+            # In the request's context: what the work logs carries its request id.
+            job = self.lanes.executor(model_id).submit(contextvars.copy_context().run, work)
         except RuntimeError:  # the lanes are closed: the server is stopping
             gate.leave(model_id)
             raise Overloaded("the server is shutting down; retry shortly") from None

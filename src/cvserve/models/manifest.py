@@ -13,9 +13,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cvserve.errors import ModelLoadError
+from cvserve.errors import CVServeError, ModelLoadError
 from cvserve.keypoint_sets import keypoint_layout
 from cvserve.models.base import ModelInfo, Task
+from cvserve.models.ids import parse_model_id
 
 MANIFEST_NAME = "cvserve.json"
 ResizeMode = Literal["letterbox", "stretch", "center-crop", "fit", "none"]
@@ -66,15 +67,60 @@ class Manifest(BaseModel):
     def read(cls, folder: Path) -> Manifest:
         path = folder / MANIFEST_NAME
         try:
-            return cls.model_validate(json.loads(path.read_text()))
+            manifest = cls.model_validate(json.loads(path.read_text()))
         except FileNotFoundError as e:
             raise ModelLoadError(f"{folder} has no {MANIFEST_NAME}") from e
         except (ValidationError, json.JSONDecodeError) as e:
             raise ModelLoadError(f"invalid {path}: {e}") from e
+        if manifest.family == "composite":
+            # The store's layout is root/dataset/version: the parts live beside this folder.
+            manifest.source = composite_source(manifest, folder.parent.parent)
+        return manifest
 
     def write(self, folder: Path) -> None:
         data = self.model_dump(mode="json", exclude_defaults=False)
         (folder / MANIFEST_NAME).write_text(json.dumps(data, indent=2) + "\n")
+
+
+COMPOSITE_ROLES = ("detector", "segmenter")
+
+
+def part_ids(manifest: Manifest) -> list[str]:
+    """The model ids a composite manifest is made of, in its postprocess order."""
+    return [str(manifest.postprocess[r]) for r in COMPOSITE_ROLES if r in manifest.postprocess]
+
+
+def compose_licence(parts: dict[str, dict[str, Any]]) -> str:
+    """One line naming each part's licence: `coco-detect/1: Apache-2.0 | mobilesam/1: ...`."""
+    return " | ".join(f"{mid}: {src.get('licence') or 'unknown'}" for mid, src in parts.items())
+
+
+def composite_source(manifest: Manifest, root: Path) -> dict[str, Any]:
+    """A composite's `source` with each part's package, version and licence as the store
+    has them now (`parts`, by model id) and `licence` naming them all.
+
+    Read from the parts' own manifests (raw JSON: a part is never expanded in turn), so a
+    composite pulled before its licences were recorded, or a part pulled again, shows the
+    licences themselves; a part missing from the store keeps what was recorded at pull time.
+    """
+    source = dict(manifest.source)
+    recorded = source.get("parts")
+    recorded = recorded if isinstance(recorded, dict) else {}
+    parts: dict[str, dict[str, Any]] = {}
+    for mid in part_ids(manifest):
+        part: dict[str, Any] = dict(recorded.get(mid) or {})
+        try:
+            dataset, version = parse_model_id(mid)
+            raw = json.loads((root / dataset / version / MANIFEST_NAME).read_text())
+            if isinstance(raw.get("source"), dict):
+                part = dict(raw["source"])
+        except (CVServeError, OSError, ValueError, AttributeError):
+            pass  # not in the store (or unreadable): what the pull recorded, if anything
+        parts[mid] = part
+    if parts:
+        source["parts"] = parts
+        source["licence"] = compose_licence(parts)
+    return source
 
 
 def info_from_manifest(model_id: str, manifest: Manifest) -> ModelInfo:

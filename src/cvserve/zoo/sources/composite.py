@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cvserve.models.base import InferParams, Task
 from cvserve.models.composite import CompositeModel
-from cvserve.models.manifest import Manifest
+from cvserve.models.manifest import Manifest, compose_licence
 from cvserve.models.runtime import RuntimeOptions
 from cvserve.results import Detections
 from cvserve.zoo.base import BuildContext, require
@@ -18,6 +18,10 @@ def build(ctx: BuildContext, folder: Path) -> Manifest:
     detector, segmenter = (CATALOG[n] for n in ctx.entry.requires)
     ctx.step("convert", f"composing {detector.model_id} and {segmenter.model_id}")
     det_manifest = ctx.store.manifest(detector.model_id)
+    parts = {  # each part's package, version and licence (read again from the store on read)
+        detector.model_id: det_manifest.source,
+        segmenter.model_id: ctx.store.manifest(segmenter.model_id).source,
+    }
     return Manifest(
         task=Task.INSTANCE_SEGMENTATION,
         family="composite",
@@ -29,11 +33,8 @@ def build(ctx: BuildContext, folder: Path) -> Manifest:
             "zoo": ctx.entry.name,
             "package": ctx.entry.package,
             "version": ctx.entry.version,
-            "licence": ctx.entry.licence,
-            "parts": {
-                detector.model_id: det_manifest.source,
-                segmenter.model_id: ctx.store.manifest(segmenter.model_id).source,
-            },
+            "licence": compose_licence(parts),
+            "parts": parts,
         },
     )
 
