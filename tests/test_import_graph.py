@@ -199,3 +199,16 @@ def test_model_code_names_no_http_route(word: str) -> None:
         if word in line.lower()
     ]
     assert not hits, f"{word!r} in model code: " + ", ".join(hits)
+
+
+def test_only_the_ray_package_imports_ray() -> None:
+    """Single-machine cvserve never imports Ray: the plain install stays lean."""
+    direct = sorted(m for m in graph() if "ray" in external(m) and not in_layer(m, "cvserve.ray"))
+    assert not direct, direct
+    for layer in ("cvserve.http", "cvserve.engine", "cvserve.models", "cvserve.jobs"):
+        assert not violations(layer, ("cvserve.ray",), ("ray",)), layer
+
+
+def test_only_the_postgres_store_imports_psycopg() -> None:
+    users = sorted(m for m in graph() if "psycopg" in external(m))
+    assert users and all(m.startswith("cvserve.jobs.p") for m in users), users
