@@ -56,7 +56,11 @@ class Settings(BaseSettings):
     # ONNX Runtime's within 1e-5 relative on the model's check input and it is faster,
     # measured once per model file (cached in the model folder's .runtime.json), else ONNX
     # Runtime. runtime_precision bf16 (OpenVINO, opt-in) is faster and not exact.
-    runtime: Literal["auto", "onnxruntime", "openvino"] = "auto"
+    # Default onnxruntime: on the 2-core AMD EPYC (AVX512-BF16, no AMX) this was measured on,
+    # OpenVINO f32 was 0.8-1.03x ONNX Runtime at a lane's one thread (bench/runtimes.py), so
+    # auto mostly kept ONNX Runtime after 1-5 s of measuring per file; on AMX Xeons (1.2-1.5x
+    # in issue 13) `--runtime auto` pays.
+    runtime: Literal["auto", "onnxruntime", "openvino"] = "onnxruntime"
     runtime_precision: Literal["f32", "bf16"] = "f32"
     max_body_bytes: int = 32 * 1024 * 1024
     max_image_pixels: int = 80_000_000
