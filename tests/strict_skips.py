@@ -22,6 +22,7 @@ HEADLINE_FILES = (
     "test_ray_*.py",
     "test_job_stores.py",  # the PostgreSQL half needs a real server (tests/postgres_server.py)
     "test_jobs_postgres.py",
+    "test_backends.py",  # OpenVINO is in the test extra: auto, cancellation, equality
 )
 HEADLINE_TESTS = ("test_client.py::test_to_supervision",)
 

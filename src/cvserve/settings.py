@@ -12,13 +12,16 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 from pydantic_settings.sources.utils import parse_env_vars
 
 from cvserve.cpus import available_cores
+
+if TYPE_CHECKING:
+    from cvserve.models.runtime import RuntimeOptions
 
 ENV_PREFIX = "CVSERVE_"
 
@@ -48,6 +51,17 @@ class Settings(BaseSettings):
     # runs that start while the model is idle (measured best for latency and throughput).
     workers: int = 0
     intra_op_threads: int = 0  # 0: cores / lanes
+    # The runtime each model's sessions run on (a model's manifest may set its own):
+    # onnxruntime; openvino (the `openvino` extra); auto: OpenVINO where its f32 outputs equal
+    # ONNX Runtime's within 1e-5 relative on the model's check input and it is faster,
+    # measured once per model file (cached in the model folder's .runtime.json), else ONNX
+    # Runtime. runtime_precision bf16 (OpenVINO, opt-in) is faster and not exact.
+    # Default onnxruntime: on the 2-core AMD EPYC (AVX512-BF16, no AMX) this was measured on,
+    # OpenVINO f32 was 0.8-1.03x ONNX Runtime at a lane's one thread (bench/runtimes.py), so
+    # auto mostly kept ONNX Runtime after 1-5 s of measuring per file; on AMX Xeons (1.2-1.5x
+    # in issue 13) `--runtime auto` pays.
+    runtime: Literal["auto", "onnxruntime", "openvino"] = "onnxruntime"
+    runtime_precision: Literal["f32", "bf16"] = "f32"
     max_body_bytes: int = 32 * 1024 * 1024
     max_image_pixels: int = 80_000_000
     max_image_side: int = 20_000
@@ -125,6 +139,25 @@ class Settings(BaseSettings):
     def wide_threads(self) -> int:
         """Threads of the extra all-core session (auto layout only; 0: none)."""
         return self.cores if self.workers <= 0 and self.cores > 1 else 0
+
+    def runtime_options(
+        self,
+        lanes: int | None = None,
+        threads_per_lane: int | None = None,
+        wide_threads: int | None = None,
+    ) -> RuntimeOptions:
+        """The sessions' layout and runtime (lanes, threads: this server's auto layout unless given)."""
+        from cvserve.models.runtime import RuntimeOptions
+
+        return RuntimeOptions(
+            lanes=self.lanes() if lanes is None else lanes,
+            threads_per_lane=self.threads_per_lane()
+            if threads_per_lane is None
+            else threads_per_lane,
+            wide_threads=self.wide_threads() if wide_threads is None else wide_threads,
+            runtime=self.runtime,
+            precision=self.runtime_precision,
+        )
 
     def with_overrides(self, **overrides: object) -> Settings:
         """Copy with the given fields replaced (validated); None values are ignored."""

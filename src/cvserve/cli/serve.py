@@ -32,6 +32,18 @@ def serve(
         "--workers",
         help="Inference lanes per model (0: auto, one per core plus an all-core session).",
     ),
+    runtime: str | None = setting_option(
+        "runtime",
+        "--runtime",
+        help="Runtime for the models' sessions: auto (OpenVINO where exact and faster, "
+        "measured once per model file), onnxruntime or openvino (needs the openvino extra); "
+        "a model's manifest may set its own.",
+    ),
+    runtime_precision: str | None = setting_option(
+        "runtime_precision",
+        "--runtime-precision",
+        help="f32 (exact) or bf16 (OpenVINO, faster, opt-in: outputs not exact).",
+    ),
     database_url: str | None = setting_option(
         "database_url",
         "--database-url",
@@ -115,6 +127,8 @@ def serve(
         api_keys=split_list(api_key),
         allow_url_hosts=split_list(allow_url_host),
         workers=workers,
+        runtime=runtime,
+        runtime_precision=runtime_precision,
         database_url=database_url,
         log_level=log_level,
         auto_pull=False if no_pull else None,

@@ -10,7 +10,6 @@ from cvserve.http.auth import KeyChecker
 from cvserve.http.metrics import Metrics
 from cvserve.http.ratelimit import RateLimiter
 from cvserve.jobs.service import JobsService
-from cvserve.models.runtime import RuntimeOptions
 from cvserve.models.store import ModelStore
 from cvserve.settings import Settings
 
@@ -32,12 +31,7 @@ def build_state(
     """The one place the server's parts are built and wired together (`engine`: another
     engine under the same doors, such as Ray Serve's ingress forwarding to replicas)."""
     if store is None:
-        options = RuntimeOptions(
-            lanes=settings.lanes(),
-            threads_per_lane=settings.threads_per_lane(),
-            wide_threads=settings.wide_threads(),
-        )
-        store = ModelStore(settings.store_dir, options)
+        store = ModelStore(settings.store_dir, settings.runtime_options())
     engine = engine or Engine(settings, store)
     jobs = JobsService(settings, engine)
     metrics = Metrics(engine, store, jobs)

@@ -62,6 +62,19 @@ class Manifest(BaseModel):
     keypoint_names: list[str] = Field(default_factory=list)
     skeleton: list[tuple[int, int]] = Field(default_factory=list)
     source: dict[str, Any] = Field(default_factory=dict)  # package, version, licence, notes
+    # Runtime for this model's ONNX files (cvserve.models.backends); None: the server's
+    # `runtime` / `runtime_precision` settings. bf16 is opt-in and not exact (OpenVINO).
+    runtime: Literal["auto", "onnxruntime", "openvino"] | None = None
+    runtime_precision: Literal["f32", "bf16"] | None = None
+
+    def runtime_overrides(self) -> dict[str, Any]:
+        """The RuntimeOptions fields this manifest sets (`runtime`, `precision`)."""
+        changes: dict[str, Any] = {}
+        if self.runtime is not None:
+            changes["runtime"] = self.runtime
+        if self.runtime_precision is not None:
+            changes["precision"] = self.runtime_precision
+        return changes
 
     @classmethod
     def read(cls, folder: Path) -> Manifest:
@@ -79,6 +92,9 @@ class Manifest(BaseModel):
 
     def write(self, folder: Path) -> None:
         data = self.model_dump(mode="json", exclude_defaults=False)
+        for key in ("runtime", "runtime_precision"):  # unset: left out, as before them
+            if data.get(key) is None:
+                data.pop(key, None)
         (folder / MANIFEST_NAME).write_text(json.dumps(data, indent=2) + "\n")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,9 @@ class OnnxModel(Model):
         self, model_id: str, manifest: Manifest, folder: Path, options: RuntimeOptions
     ) -> None:
         self.manifest = manifest
-        self.pool = SessionPool(folder / manifest.weights, options)
+        self.pool = SessionPool(
+            folder / manifest.weights, replace(options, **manifest.runtime_overrides())
+        )
         self.input_size = self._resolve_input_size()
         if manifest.preprocess.size is None:
             manifest = manifest.model_copy(

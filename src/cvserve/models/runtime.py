@@ -21,6 +21,7 @@ import onnxruntime as ort
 
 from cvserve.cpus import available_cores
 from cvserve.errors import ModelLoadError
+from cvserve.models.backends import Session, session_maker
 
 _ORT_DTYPES = {
     "tensor(float)": np.float32,
@@ -42,6 +43,10 @@ class RuntimeOptions:
     # every core (lowest latency); under load, single-threaded lanes side by side give the
     # most images per second (intra-op threading costs ~9% more CPU per image on YOLOv8n).
     wide_threads: int = 0
+    # Which runtime runs the sessions (cvserve.models.backends): onnxruntime, openvino, or
+    # auto (OpenVINO where it is exact and faster, measured once per file). bf16: opt-in.
+    runtime: str = "onnxruntime"
+    precision: str = "f32"
 
 
 _setup_lock = threading.Lock()  # once-per-process setup: the shared arena
@@ -177,15 +182,18 @@ class SessionPool:
     def __init__(self, path: Path, options: RuntimeOptions) -> None:
         _limit_blas_threads()
         self.path = path
-        self._sessions = [
-            make_session(path, options.threads_per_lane) for _ in range(options.lanes)
-        ]
-        self._free: queue.SimpleQueue[ort.InferenceSession] = queue.SimpleQueue()
+        # The runtime backend: make(threads, spin) opens a session (cvserve.models.backends).
+        self.choice = session_maker(
+            path, options.runtime, options.precision, options.threads_per_lane
+        )
+        make = self.choice.make
+        self._sessions = [make(options.threads_per_lane, False) for _ in range(options.lanes)]
+        self._free: queue.SimpleQueue[Session] = queue.SimpleQueue()
         for s in self._sessions:
             self._free.put(s)
-        self._wide: ort.InferenceSession | None = None
+        self._wide: Session | None = None
         if options.wide_threads > options.threads_per_lane:
-            self._wide = make_session(path, options.wide_threads, spin=True)
+            self._wide = make(options.wide_threads, True)
         self._wide_free = threading.Lock()
         self._count_lock = threading.Lock()
         self._running = 0
@@ -200,7 +208,7 @@ class SessionPool:
         return _ORT_DTYPES.get(self.inputs[index].type, np.float32)
 
     @contextmanager
-    def session(self) -> Iterator[ort.InferenceSession]:
+    def session(self) -> Iterator[Session]:
         s = self._free.get()
         try:
             yield s

@@ -16,7 +16,7 @@ hash), so every further prompt on the same image only runs the decoder.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -193,8 +193,13 @@ def load_sam(model_id: str, manifest: Manifest, folder: Path, options: RuntimeOp
             raise ModelLoadError(f"model {model_id}: missing {name}")
     # Encoding is one big image at a time; decoding is tiny: one session of each suffices.
     threads = max(1, options.lanes * options.threads_per_lane)
-    encoder = SessionPool(folder / enc_name, RuntimeOptions(lanes=1, threads_per_lane=threads))
-    decoder = SessionPool(folder / dec_name, options)
+    # The manifest's runtime for both; bf16 (opt-in) for the encoder only: the decoder is
+    # tiny, and its prompt coordinates would lose pixels in bf16.
+    chosen = replace(options, **manifest.runtime_overrides())
+    encoder = SessionPool(
+        folder / enc_name, replace(chosen, lanes=1, threads_per_lane=threads, wide_threads=0)
+    )
+    decoder = SessionPool(folder / dec_name, replace(chosen, precision="f32"))
     info = info_from_manifest(model_id, manifest)
     if info.input_size is None:
         info.input_size = (DEFAULT_INPUT, DEFAULT_INPUT)

@@ -61,7 +61,6 @@ class LocalBackend(Backend):
     def __init__(self, opts: PredictOptions, lanes: int, settings: Settings | None = None) -> None:
         from cvserve.engine import Engine
         from cvserve.errors import CVServeError
-        from cvserve.models.runtime import RuntimeOptions
         from cvserve.models.store import ModelStore
         from cvserve.params import parse_hosted
 
@@ -70,7 +69,8 @@ class LocalBackend(Backend):
         self.settings = settings
         threads = max(1, settings.cores // max(1, lanes))
         self.store = ModelStore(
-            settings.store_dir, RuntimeOptions(lanes=lanes, threads_per_lane=threads)
+            settings.store_dir,
+            settings.runtime_options(lanes=lanes, threads_per_lane=threads, wide_threads=0),
         )
         self.engine = Engine(settings, self.store)
         try:

@@ -11,7 +11,6 @@ from ray import serve
 from cvserve.engine import Engine, Prompt, PromptResult, Rendered, reset_deadline, start_deadline
 from cvserve.jobs.service import JobsService
 from cvserve.models.base import InferParams
-from cvserve.models.runtime import RuntimeOptions
 from cvserve.models.store import ModelStore
 from cvserve.params import RenderOptions
 from cvserve.settings import Settings
@@ -33,7 +32,7 @@ def replica_settings(settings: Settings) -> Settings:
 
 def replica_store(settings: Settings) -> ModelStore:
     lanes = settings.lanes()
-    options = RuntimeOptions(
+    options = settings.runtime_options(
         lanes=lanes, threads_per_lane=1, wide_threads=lanes if lanes > 1 else 0
     )
     return ModelStore(settings.store_dir, options)

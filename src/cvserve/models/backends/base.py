@@ -1,0 +1,55 @@
+"""What every runtime backend hands `SessionPool`: a session with ONNX Runtime's interface."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+Runtime = Literal["auto", "onnxruntime", "openvino"]
+RUNTIMES: tuple[str, ...] = ("auto", "onnxruntime", "openvino")
+# f32: exact (OpenVINO is told f32 explicitly: on AMX/AVX512-BF16 CPUs its default is bf16).
+# bf16: opt-in, OpenVINO only; ONNX Runtime's CPU provider stays f32.
+Precision = Literal["f32", "bf16"]
+PRECISIONS: tuple[str, ...] = ("f32", "bf16")
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """An input or output as ONNX Runtime's NodeArg shows it: name, shape (ints, or a str
+    for a dynamic dimension), type ("tensor(float)")."""
+
+    name: str
+    shape: list[Any]
+    type: str
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    custom_metadata_map: dict[str, str] = field(default_factory=dict)
+
+
+class Session(Protocol):
+    """The part of `onnxruntime.InferenceSession` cvserve uses. Thread-safe: lanes may
+    share one."""
+
+    def get_inputs(self) -> Sequence[Any]: ...
+
+    def get_outputs(self) -> Sequence[Any]: ...
+
+    def get_modelmeta(self) -> Any: ...
+
+    def run(
+        self, output_names: list[str] | None, feeds: dict[str, np.ndarray], run_options: Any = None
+    ) -> list[np.ndarray]: ...
+
+
+# (threads, spin) -> a session of the chosen runtime for the file the maker was made for.
+SessionMaker = Callable[[int, bool], Session]
+
+
+def openvino_available() -> bool:
+    return importlib.util.find_spec("openvino") is not None
