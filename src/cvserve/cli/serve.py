@@ -113,6 +113,9 @@ def serve(
     ),
 ) -> None:
     """Serve the hosted inference API (and the web page, the SDK routes, segment jobs)."""
+    from cvserve.models.memory import exec_with_huge_pages
+
+    exec_with_huge_pages()  # first: glibc reads its tunables at start (same pid, same args)
     import uvicorn
 
     from cvserve import native_log

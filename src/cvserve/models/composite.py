@@ -26,7 +26,11 @@ from cvserve.results import BoxMask, Detections, Prediction
 
 
 def load_sibling(root: Path, model_id: str, options: RuntimeOptions) -> Model:
-    """Another model of the same store, by id (the store's own layout: root/dataset/version)."""
+    """Another model of the same store, by id (the store's own layout: root/dataset/version);
+    the store's loaded one where the load comes from a store (one copy of its sessions)."""
+    shared = registry.shared_sibling(model_id)
+    if shared is not None:
+        return shared
     dataset, version = parse_model_id(model_id)
     folder = root / dataset / version
     return registry.load(model_id, Manifest.read(folder), folder, options)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from cvserve.errors import ModelLoadError
@@ -62,3 +64,25 @@ def load(model_id: str, manifest: Manifest, folder: Path, options: RuntimeOption
             f"model {model_id}: unknown family {manifest.family!r}; known: {', '.join(sorted(_FAMILIES))}"
         )
     return loader(model_id, manifest, folder, options)
+
+
+_store = threading.local()
+
+
+@contextmanager
+def siblings_from(get: Callable[[str], Model]) -> Iterator[None]:
+    """Loads on this thread take the models they are made of (a composite's parts) from
+    `get` (the store's loaded models, loading them there if needed), not a copy of their
+    own: coco-segment then shares coco-detect's and mobilesam's sessions."""
+    previous = getattr(_store, "get", None)
+    _store.get = get
+    try:
+        yield
+    finally:
+        _store.get = previous
+
+
+def shared_sibling(model_id: str) -> Model | None:
+    """`model_id` from the store loading on this thread, or None outside a store's load."""
+    get: Callable[[str], Model] | None = getattr(_store, "get", None)
+    return get(model_id) if get is not None else None

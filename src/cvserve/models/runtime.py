@@ -2,8 +2,10 @@
 
 A model holds one `SessionPool`. With `workers` lanes, each lane owns its own session with
 cores/lanes intra-op threads, so lanes run side by side without oversubscribing cores. By
-default (workers = 0, auto) there is one single-threaded lane per core plus one session
-using every core for runs that start while the model is otherwise idle.
+default (workers = 0, auto) there is one single-threaded lane per core, all of them sharing
+one session, plus one session using every core for runs that start while the model is
+otherwise idle. A model whose runs need much activation memory gives it back after each
+run (`LEAN_RUN_BYTES`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import onnxruntime as ort
 from cvserve.cpus import available_cores
 from cvserve.errors import ModelLoadError
 from cvserve.models.backends import Session, session_maker
+from cvserve.models.memory import peak_bytes, reset_peak, resident_bytes
 
 _ORT_DTYPES = {
     "tensor(float)": np.float32,
@@ -176,8 +179,26 @@ def current_run_options() -> ort.RunOptions | None:
     return getattr(_run_context, "options", None)
 
 
+# A model whose first run adds more than this to the process's peak gives its activation
+# memory back after each run (arena shrinkage), from that run on: U2-Net-p at 320 adds
+# ~325 MB (kept, the shared arena's fragments reach ~600 MB), the MobileSAM encoder at 1024
+# a few hundred, a detector at 640 ~24 MB. Kept resident, a few such models fill a small
+# host (the seven zoo models: 2.1 GB); given back, each run maps its buffers again, which
+# costs next to nothing in huge pages (memory.exec_with_huge_pages: U2-Net-p 270 ms of CPU
+# a run against 255 kept; 390 in 4 KiB pages). Small models keep theirs (a re-mapped
+# 24 MB every 40 ms run would cost a detector several per cent).
+LEAN_RUN_BYTES = 64 * 1024 * 1024
+_SHRINK = ("memory.enable_memory_arena_shrinkage", "cpu:0")
+
+
 class SessionPool:
-    """`lanes` identical sessions; `with pool.session() as s:` borrows one."""
+    """A model's sessions for `lanes` concurrent runs.
+
+    Single-threaded lanes (the auto layout) share one session: `run` is thread-safe and
+    each concurrent call runs on its caller's thread with its own RunOptions (YOLOv8n, two
+    threads on one session: 26.8 images/s against 27.4 on two sessions; every session
+    holds its own copy of the optimized weights). Multi-threaded lanes keep a session each
+    (their intra-op pools would otherwise be shared by concurrent runs)."""
 
     def __init__(self, path: Path, options: RuntimeOptions) -> None:
         _limit_blas_threads()
@@ -187,16 +208,19 @@ class SessionPool:
             path, options.runtime, options.precision, options.threads_per_lane
         )
         make = self.choice.make
-        self._sessions = [make(options.threads_per_lane, False) for _ in range(options.lanes)]
+        count = 1 if options.threads_per_lane <= 1 else options.lanes
+        self._sessions = [make(options.threads_per_lane, False) for _ in range(count)]
         self._free: queue.SimpleQueue[Session] = queue.SimpleQueue()
-        for s in self._sessions:
-            self._free.put(s)
+        for _ in range(options.lanes if count == 1 else 1):
+            for s in self._sessions:
+                self._free.put(s)  # one slot per lane (the shared session: `lanes` slots)
         self._wide: Session | None = None
         if options.wide_threads > options.threads_per_lane:
             self._wide = make(options.wide_threads, True)
         self._wide_free = threading.Lock()
         self._count_lock = threading.Lock()
         self._running = 0
+        self.lean: bool | None = None  # None until the first run has been measured
         first = self._sessions[0]
         self.inputs = first.get_inputs()
         self.outputs = first.get_outputs()
@@ -215,7 +239,33 @@ class SessionPool:
         finally:
             self._free.put(s)
 
+    def _options(self, shrink: bool) -> ort.RunOptions | None:
+        options = current_run_options()
+        if shrink:
+            if options is None:
+                options = new_run_options()
+            # The request's own object (its terminate must reach the run): it gives its
+            # arena memory back from now on, for this model's runs and the request's next.
+            options.add_run_config_entry(*_SHRINK)
+        return options
+
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if self.lean is None:
+            return self._first_run(feeds)
+        return self._run(feeds, self.lean)
+
+    def _first_run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Measured: its activation memory is the peak it adds to the process. Given back
+        at its end, so that a large model never keeps it (a small one keeps it next time)."""
+        before = resident_bytes()
+        measured = reset_peak()
+        out = self._run(feeds, shrink=measured)
+        if self.lean is None:
+            grown = (peak_bytes() if measured else resident_bytes()) - before
+            self.lean = grown > LEAN_RUN_BYTES
+        return out
+
+    def _run(self, feeds: dict[str, np.ndarray], shrink: bool) -> list[np.ndarray]:
         with self._count_lock:
             idle = self._running == 0
             self._running += 1
@@ -224,11 +274,11 @@ class SessionPool:
                 idle = alone_now()
             if idle and self._wide is not None and self._wide_free.acquire(blocking=False):
                 try:
-                    return self._wide.run(None, feeds, run_options=current_run_options())
+                    return self._wide.run(None, feeds, run_options=self._options(shrink))
                 finally:
                     self._wide_free.release()
             with self.session() as s:
-                return s.run(None, feeds, run_options=current_run_options())
+                return s.run(None, feeds, run_options=self._options(shrink))
         finally:
             with self._count_lock:
                 self._running -= 1

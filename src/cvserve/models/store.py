@@ -36,6 +36,7 @@ class LoadStats:
 
 
 LoadListener = Callable[[str, LoadStats], None]
+_loading = threading.local()  # the resident growth of the loads nested in this thread's load
 
 
 class ModelStore:
@@ -136,10 +137,19 @@ class ModelStore:
         manifest = self.manifest(model_id)
         release_free_memory()
         before, began = resident_bytes(), time.perf_counter()
-        model = registry.load(model_id, manifest, self.folder(model_id), self.options)
+        nested: list[int] | None = getattr(_loading, "nested", None)
+        _loading.nested = [0]  # parts loaded during this load (a composite's) count as theirs
+        try:
+            with registry.siblings_from(self.get):
+                model = registry.load(model_id, manifest, self.folder(model_id), self.options)
+        finally:
+            parts, _loading.nested = _loading.nested[0], nested
         seconds = time.perf_counter() - began
         release_free_memory()  # what the load parsed and dropped is not the model's
-        grown = max(0, resident_bytes() - before)  # another thread's frees can make it < 0
+        # Another thread's frees can make it < 0; the parts' growth is in their own stats.
+        grown = max(0, resident_bytes() - before - parts)
+        if nested is not None:  # a part: its parent's growth is less by this
+            nested[0] += grown + parts
         previous = self.stats.get(model_id)
         stats = LoadStats(seconds, grown, (previous.loads if previous else 0) + 1)
         self.stats[model_id] = stats
