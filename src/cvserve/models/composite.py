@@ -5,11 +5,12 @@ manifest whose postprocess names a detector (`"detector": "coco-detect/1"`) and 
 model (`"segmenter": "mobilesam/1"`) in the same store. Each box the detector keeps
 (after its thresholds, class filter, NMS and cap) becomes a SAM box prompt on one shared
 image embedding; the mask is cropped to the box, as instance masks are everywhere else.
+A segmenter with `segment_boxes` (SAM) decodes all of an image's boxes in one call, spread
+over its decoder lanes; the masks are the same as one `segment` per box.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, cast
 
@@ -22,6 +23,7 @@ from cvserve.models.ids import parse_model_id
 from cvserve.models.manifest import Manifest, info_from_manifest
 from cvserve.models.promptable import PromptableModel
 from cvserve.models.runtime import RuntimeOptions
+from cvserve.models.sam import crop_box
 from cvserve.results import BoxMask, Detections, Prediction
 
 
@@ -34,10 +36,8 @@ def load_sibling(root: Path, model_id: str, options: RuntimeOptions) -> Model:
 
 def box_mask(mask: np.ndarray, box: np.ndarray) -> BoxMask:
     """The part of a full-size mask inside the (outward-rounded, clipped) box."""
-    h, w = mask.shape
-    x0, y0 = max(0, math.floor(box[0])), max(0, math.floor(box[1]))
-    x1, y1 = min(w, math.ceil(box[2])), min(h, math.ceil(box[3]))
-    return BoxMask(x0, y0, np.ascontiguousarray(mask[y0 : max(y0, y1), x0 : max(x0, x1)]))
+    x0, y0, x1, y1 = crop_box(box, *mask.shape)
+    return BoxMask(x0, y0, np.ascontiguousarray(mask[y0:y1, x0:x1]))
 
 
 class CompositeModel(Model):
@@ -70,11 +70,17 @@ class CompositeModel(Model):
         masks: list[BoxMask] = []
         if len(det):
             embedding = self.segmenter.embed(image)  # once per image, shared by every box
-            for box in det.xyxy:
-                mask, _score = self.segmenter.segment(embedding, box=box)
-                masks.append(box_mask(mask, box))
+            many = getattr(self.segmenter, "segment_boxes", None)
+            if many is not None:
+                masks = [m for m, _score in many(embedding, det.xyxy)]
+            else:
+                masks = self.per_box(embedding, det.xyxy)
         det.masks = masks
         return Prediction(det, w, h)
+
+    def per_box(self, embedding: Any, boxes: np.ndarray) -> list[BoxMask]:
+        """One `segment` call per box, cropped: the reference for `segment_boxes`."""
+        return [box_mask(self.segmenter.segment(embedding, box=b)[0], b) for b in boxes]
 
     def close(self) -> None:
         self.detector.close()
