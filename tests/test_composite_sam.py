@@ -112,3 +112,28 @@ def test_real_coco_segment_masks_equal_one_segment_per_box() -> None:
             det = model.predict(image, InferParams()).result
         assert len(det) >= 3 and det.masks is not None
         _same(det.masks, model.per_box(model.segmenter.embed(image), det.xyxy))
+
+
+# -- the opt-in int8 encoder -------------------------------------------------------------
+def test_int8_sam_and_composite(store: ModelStore) -> None:
+    pytest.importorskip("onnx")
+    from cvserve.tools.quantize import int8_id, quantize_model
+
+    photos = [sample_image(320, 240, seed=s) for s in range(2)]
+    report = quantize_model(store, "sam/1", photos, repeats=1)
+    assert report.model_id == "sam/1-int8" and report.method == "dynamic"
+    manifest = store.manifest("sam/1-int8")
+    assert manifest.family == "sam" and "encoder only" in manifest.source["quantization"]
+    # The synthetic decoder ignores the embedding: int8 masks are the float ones.
+    assert report.agreement["box_mask_iou_min"] == 1.0
+    assert report.int8_ms > 0 and report.float_ms > 0
+    # The composite: same detector, int8 segmenter (already there: reused).
+    comp = quantize_model(store, SEG_ID, [sample_image(640, 640)], repeats=1)
+    assert comp.model_id == int8_id(SEG_ID)
+    assert store.manifest(comp.model_id).postprocess["segmenter"] == "sam/1-int8"
+    assert comp.agreement["instances"] == 2 and comp.agreement["instance_mask_iou_min"] == 1.0
+    quant = store.get(comp.model_id)
+    assert isinstance(quant, CompositeModel)
+    assert quant.segmenter.info.model_id == "sam/1-int8"
+    # The float composite is untouched and stays the default.
+    assert store.manifest(SEG_ID).postprocess["segmenter"] == "sam/1"
