@@ -14,8 +14,8 @@ computed once per image and kept in an LRU cache keyed by the caller (file id + 
 hash), so every further prompt on the same image only runs the decoder.
 
 The exported decoder takes one prompt set per run (batch 1), and its cost is the
-transformer over the 4096 image tokens, per prompt: a batch-4 export measured here was
-slower than four batch-1 runs, and the prompt-independent part of the graph is ~12 % of a
+transformer over the 4096 image tokens, per prompt: the graph relaxed to batch 4 ran
+slower than four batch-1 runs (and not bit-identical); the prompt-independent part is ~12 % of a
 run. So `segment_boxes` (the composite's many boxes) runs one decoder per box, spread over
 the decoder's single-threaded lanes while the request is alone: the same sessions' arithmetic
 (the runtime's results do not depend on the thread count), so the same masks.
