@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import CACHE, ROOT, cores  # noqa: E402
+from common import CACHE, cores  # noqa: E402
 
 from cvserve.models.base import InferParams  # noqa: E402
 from cvserve.models.runtime import RuntimeOptions, alone_hint  # noqa: E402
@@ -39,14 +39,11 @@ def bus_photo() -> tuple[np.ndarray, str]:
     street photo (registry package cache)."""
     import cv2
 
-    roots = [CACHE, ROOT.parent / "main" / ".cache", Path("/work/main/.cache")]
-    for root in roots:
-        for path in glob.glob(
-            str(root / "*venv/lib/python*/site-packages/ultralytics/assets/bus.jpg")
-        ):
-            bgr = cv2.imread(path)
-            if bgr is not None:
-                return np.ascontiguousarray(bgr[..., ::-1]), "bus.jpg 810x1080"
+    pattern = CACHE / "*venv/lib/python*/site-packages/ultralytics/assets/bus.jpg"
+    for path in glob.glob(str(pattern)):  # bench/README's bench-venv
+        bgr = cv2.imread(path)
+        if bgr is not None:
+            return np.ascontiguousarray(bgr[..., ::-1]), "bus.jpg 810x1080"
     from cvserve.settings import Settings
     from cvserve.zoo.packages import PackageCache
     from cvserve.zoo.photos import photo
