@@ -608,6 +608,13 @@ def run(args: argparse.Namespace) -> dict:
             report["sam"] = sam_bench(args, photo, tmp, 20 if not args.quick else 5)
         except Exception as e:
             report["sam"] = {"error": f"{type(e).__name__}: {e}"}
+    if not args.no_composite:
+        from composite import composite_bench
+
+        try:
+            report["composite"] = composite_bench(args.sam_store, 3 if args.quick else 5)
+        except Exception as e:
+            report["composite"] = {"error": f"{type(e).__name__}: {e}"}
     report["fast_path"] = {}
     for name in names:
         for img_name, (data, _) in decoded.items():
@@ -806,6 +813,12 @@ def goals(report: dict) -> list[dict]:
                 _goal(f"SAM {kind} prompt, cached embedding", where,
                       sam[f"prompt_{kind}_p50_ms"], "<=", 50.0, "ms")
             )  # fmt: skip
+    comp = report.get("composite", {})
+    if "composite_over_bare" in comp:
+        out.append(
+            _goal("coco-segment warm / bare MobileSAM encoder", comp["image"],
+                  comp["composite_over_bare"], "<=", 1.2, "x")
+        )  # fmt: skip
     return out
 
 
@@ -856,6 +869,10 @@ def table(report: dict) -> str:
         )
     elif sam:
         lines.append(f"- SAM: {sam.get('error')}")
+    if report.get("composite"):
+        from composite import lines as composite_lines
+
+        lines.extend(composite_lines(report["composite"]))
     fast = report.get("fast_path", {})
     for key, f in fast.items():
         if "speedup" in f:
@@ -907,10 +924,17 @@ def main() -> None:
     p.add_argument("--no-ultralytics", action="store_true")
     p.add_argument("--no-sam", action="store_true")
     p.add_argument(
+        "--no-composite",
+        action="store_true",
+        help="skip coco-segment vs the bare encoder (bench/composite.py; needs --sam-store)",
+    )
+    p.add_argument(
         "--sam-store",
         type=Path,
         default=Settings().store_dir,
-        help="a model store holding a MobileSAM model (`cvserve models pull mobilesam`)",
+        help="a model store holding a MobileSAM model (`cvserve models pull mobilesam`), and "
+        "coco-segment (`cvserve models pull coco-segment`; its -int8 from `cvserve models "
+        "quantize coco-segment/1`) for the composite section",
     )
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--from-report", type=Path, default=None, help="re-render a report's table")

@@ -123,7 +123,10 @@ def models_pull(
 def models_quantize(
     model_id: str = typer.Argument(..., help="DATASET/VERSION to quantize."),
     models_dir: Path | None = MODELS_DIR_OPT,
-    method: str = typer.Option("static", "--method", help="static (calibrated QDQ) or dynamic."),
+    method: str | None = typer.Option(
+        None, "--method", help="static (calibrated QDQ) or dynamic; default static, dynamic "
+        "for SAM models and composites (their int8 encoder)."
+    ),
     photos: Path | None = typer.Option(
         None, "--photos", help="Folder of your images for calibration and the agreement check "
         "(default: real photos from registry packages)."

@@ -8,6 +8,14 @@ class scores, mask coefficients, keypoints: everything after the last 3x3 convol
 each branch) stay float, since their outputs are read as numbers, not features. Dynamic
 quantization (`--method dynamic`) needs no photos but seldom speeds up convolutions.
 
+SAM models (family `sam`): only the image encoder is quantized (dynamic by default: int8
+MatMul/Gemm weights, activations quantized per run; the prompt decoder stays float), and the
+agreement is the mask IoU against the float model for a point and a box prompt on each photo.
+A composite (`coco-segment/1`) gets `coco-segment/1-int8`, whose segmenter is the int8 SAM
+(quantized first if missing); its detector is the float one, so the boxes are the same and
+the agreement is the IoU of each instance's mask. The float models stay the default: the
+int8 ones are opt-in by their ids.
+
 The result lands beside the original as `DATASET/VERSION-int8`; the float model is kept.
 Needs the `onnx` package (`pip install 'cvserve[quantize]'`).
 """
@@ -156,12 +164,18 @@ class _Reader:
         return next(self._it, None)
 
 
+_SAM_OPS = ["MatMul", "Gemm"]  # dynamic ConvInteger is slower than float convolutions
+
+
 def quantize_file(
     src: Path,
     dst: Path,
     method: str,
     input_name: str,
     tensors: list[np.ndarray],
+    *,
+    op_types: list[str] | None = None,
+    keep_head_float: bool = True,
 ) -> None:
     try:
         import onnx
@@ -192,7 +206,8 @@ def quantize_file(
 
             proto = version_converter.convert_version(proto, 13)
             onnx.save(proto, str(pre))
-        exclude = _head_nodes(proto)
+        exclude = _head_nodes(proto) if keep_head_float else []
+        ops = op_types or _OPS
         if method == "dynamic":
             quantize_dynamic(
                 str(pre),
@@ -200,7 +215,7 @@ def quantize_file(
                 weight_type=QuantType.QInt8,
                 per_channel=True,
                 nodes_to_exclude=exclude,
-                op_types_to_quantize=_OPS,
+                op_types_to_quantize=ops,
             )
         else:
             quantize_static(
@@ -213,7 +228,7 @@ def quantize_file(
                 per_channel=True,
                 calibrate_method=CalibrationMethod.MinMax,
                 nodes_to_exclude=exclude,
-                op_types_to_quantize=_OPS,
+                op_types_to_quantize=ops,
                 extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
             )
     finally:
@@ -225,15 +240,21 @@ def quantize_model(
     model_id: str,
     photos: list[np.ndarray],
     *,
-    method: str = "static",
+    method: str | None = None,
     replace: bool = False,
     repeats: int = 10,
 ) -> QuantizeReport:
-    if method not in ("static", "dynamic"):
+    """method None: static, dynamic for SAM and composites."""
+    if method not in (None, "static", "dynamic"):
         raise BadRequest("method must be static or dynamic")
     if not photos:
         raise BadRequest("quantizing needs at least one photo")
     manifest = store.manifest(model_id)
+    if manifest.family == "sam":
+        return quantize_sam(store, model_id, photos, method or "dynamic", replace, repeats)
+    if manifest.family == "composite":
+        return quantize_composite(store, model_id, photos, method or "dynamic", replace, repeats)
+    method = method or "static"
     if manifest.files:
         raise BadRequest(f"{model_id}: multi-file models ({manifest.family}) are not supported")
     out_id = int8_id(model_id)
@@ -285,6 +306,175 @@ def quantize_model(
         int8_mb=(store.folder(out_id) / manifest.weights).stat().st_size / 2**20,
         agreement=agreement,
     )
+
+
+def quantize_sam(
+    store: ModelStore,
+    model_id: str,
+    photos: list[np.ndarray],
+    method: str = "dynamic",
+    replace: bool = False,
+    repeats: int = 3,
+) -> QuantizeReport:
+    """`DATASET/VERSION-int8` of a SAM model: its encoder in int8, its decoder as it is."""
+    from cvserve.models.sam import SamModel, encoder_input
+
+    manifest = store.manifest(model_id)
+    out_id = int8_id(model_id)
+    if store.exists(out_id) and not replace:
+        raise BadRequest(f"{out_id} already exists (use --replace)")
+    model = store.get(model_id)
+    if not isinstance(model, SamModel):
+        raise BadRequest(f"{model_id}: not a SAM model")
+    enc_name = manifest.files.get("encoder", "encoder.onnx")
+    tensors = [encoder_input(p, model.input_size)[0] for p in photos]
+    input_name = model.encoder.input_names[0]
+    folder = store.folder(model_id)
+    staged = store.staging_dir()
+    try:
+        for f in folder.iterdir():
+            if f.is_file() and f.name != enc_name:
+                shutil.copy2(f, staged / f.name)
+        quantize_file(
+            folder / enc_name,
+            staged / enc_name,
+            method,
+            input_name,
+            tensors,
+            op_types=_SAM_OPS if method == "dynamic" else None,
+            keep_head_float=False,  # the encoder's output is a feature map, not numbers
+        )
+        source = dict(manifest.source)
+        source["quantized_from"] = model_id
+        source["quantization"] = f"int8 {method}, encoder only" + (
+            f", calibrated on {len(photos)} photos" if method == "static" else ""
+        )
+        Manifest.model_validate({**manifest.model_dump(), "source": source}).write(staged)
+        store.install(out_id, staged, replace=replace)
+    finally:
+        if staged.exists():
+            shutil.rmtree(staged, ignore_errors=True)
+    quant = store.get(out_id)
+    assert isinstance(quant, SamModel)
+    float_ms, int8_ms = _speed(
+        folder / enc_name, store.folder(out_id) / enc_name, input_name, tensors[0], repeats
+    )
+    return QuantizeReport(
+        source_id=model_id,
+        model_id=out_id,
+        method=method,
+        photos=len(photos),
+        float_ms=float_ms,
+        int8_ms=int8_ms,
+        float_mb=(folder / enc_name).stat().st_size / 2**20,
+        int8_mb=(store.folder(out_id) / enc_name).stat().st_size / 2**20,
+        agreement=sam_agreement(model, quant, photos),
+    )
+
+
+def sam_agreement(model: Any, quant: Any, photos: list[np.ndarray]) -> dict[str, float]:
+    """Mask IoU, int8 against float, for a centre point and a centre box on each photo."""
+    point_ious, box_ious = [], []
+    for p in photos:
+        h, w = p.shape[:2]
+        ea, eb = model.embed(p), quant.embed(p)
+        pt = np.array([[w / 2, h / 2]], np.float32)
+        box = np.array([w * 0.2, h * 0.2, w * 0.8, h * 0.8], np.float32)
+        point_ious.append(mask_iou(model.segment(ea, pt)[0], quant.segment(eb, pt)[0]))
+        box_ious.append(mask_iou(model.segment(ea, box=box)[0], quant.segment(eb, box=box)[0]))
+    return {
+        "point_mask_iou_mean": float(np.mean(point_ious)),
+        "point_mask_iou_min": float(np.min(point_ious)),
+        "box_mask_iou_mean": float(np.mean(box_ious)),
+        "box_mask_iou_min": float(np.min(box_ious)),
+    }
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = int(np.count_nonzero(a | b))
+    return float(np.count_nonzero(a & b) / union) if union else 1.0
+
+
+def quantize_composite(
+    store: ModelStore,
+    model_id: str,
+    photos: list[np.ndarray],
+    method: str = "dynamic",
+    replace: bool = False,
+    repeats: int = 3,
+) -> QuantizeReport:
+    """`DATASET/VERSION-int8` of a composite: the same detector, the int8 SAM."""
+    manifest = store.manifest(model_id)
+    out_id = int8_id(model_id)
+    if store.exists(out_id) and not replace:
+        raise BadRequest(f"{out_id} already exists (use --replace)")
+    seg_id = str(manifest.postprocess.get("segmenter", ""))
+    if not seg_id or store.manifest(seg_id).family != "sam":
+        raise BadRequest(f"{model_id}: its segmenter is not a SAM model")
+    q_seg = int8_id(seg_id)
+    sam_report = None
+    if not store.exists(q_seg) or replace:
+        sam_report = quantize_sam(store, seg_id, photos, method, replace, repeats)
+    staged = store.staging_dir()
+    try:
+        for f in store.folder(model_id).iterdir():
+            if f.is_file():
+                shutil.copy2(f, staged / f.name)
+        source = dict(manifest.source)
+        source["quantized_from"] = model_id
+        source["quantization"] = f"segmenter {q_seg} (int8 encoder)"
+        post = {**manifest.postprocess, "segmenter": q_seg}
+        data = {**manifest.model_dump(), "source": source, "postprocess": post}
+        Manifest.model_validate(data).write(staged)
+        store.install(out_id, staged, replace=replace)
+    finally:
+        if staged.exists():
+            shutil.rmtree(staged, ignore_errors=True)
+    agreement = composite_agreement(store.get(model_id), store.get(out_id), photos)
+    if sam_report is None:  # the int8 SAM was there already: time its encoder again
+        from cvserve.models.sam import SamModel, encoder_input
+
+        sam = store.get(seg_id)
+        assert isinstance(sam, SamModel)
+        enc = store.manifest(seg_id).files.get("encoder", "encoder.onnx")
+        f_path, q_path = store.folder(seg_id) / enc, store.folder(q_seg) / enc
+        tensor = encoder_input(photos[0], sam.input_size)[0]
+        float_ms, int8_ms = _speed(f_path, q_path, sam.encoder.input_names[0], tensor, repeats)
+        float_mb, int8_mb = f_path.stat().st_size / 2**20, q_path.stat().st_size / 2**20
+    else:
+        agreement = {**sam_report.agreement, **agreement}
+        float_ms, int8_ms = sam_report.float_ms, sam_report.int8_ms
+        float_mb, int8_mb = sam_report.float_mb, sam_report.int8_mb
+    return QuantizeReport(
+        source_id=model_id,
+        model_id=out_id,
+        method=method,
+        photos=len(photos),
+        float_ms=float_ms,
+        int8_ms=int8_ms,
+        float_mb=float_mb,
+        int8_mb=int8_mb,
+        agreement=agreement,
+    )
+
+
+def composite_agreement(model: Model, quant: Model, photos: list[np.ndarray]) -> dict[str, float]:
+    """Instance mask IoU, int8 SAM against float, on the float detector's boxes (the
+    detector is the same model in both, so the boxes are too)."""
+    ious: list[float] = []
+    for p in photos:
+        a, b = model.predict(p, InferParams()).result, quant.predict(p, InferParams()).result
+        assert isinstance(a, Detections) and isinstance(b, Detections)
+        h, w = p.shape[:2]
+        for ma, mb in zip(a.masks or [], b.masks or [], strict=True):
+            ious.append(mask_iou(ma.full(w, h), mb.full(w, h)))
+    if not ious:
+        return {}
+    return {
+        "instances": float(len(ious)),
+        "instance_mask_iou_mean": float(np.mean(ious)),
+        "instance_mask_iou_min": float(np.min(ious)),
+    }
 
 
 def _speed(
