@@ -63,26 +63,6 @@ def test_composite_masks_equal_one_segment_per_box(store: ModelStore, alone: boo
     assert all(m.mask.any() for m in det.masks)
 
 
-def test_detecting_while_encoding_gives_the_same_masks(store: ModelStore) -> None:
-    model = store.get(SEG_ID)
-    assert isinstance(model, CompositeModel)
-    image = sample_image(640, 640, seed=3)
-    params = InferParams(confidence=0.3)
-    try:
-        model.overlap = False
-        one_after_other = model.predict(image, params).result
-        model.overlap = True
-        together = model.predict(image, params).result
-        assert len(together) == 3
-        np.testing.assert_array_equal(together.xyxy, one_after_other.xyxy)
-        _same(together.masks, one_after_other.masks)
-        # No box: the encoder run is stopped, the answer is empty.
-        none = model.predict(image, InferParams(confidence=0.99)).result
-        assert len(none) == 0 and none.masks == []
-    finally:
-        model.overlap = True
-
-
 def test_segment_boxes_odd_boxes_match_segment(store: ModelStore) -> None:
     """Fractional, clipped, degenerate and off-image boxes, more boxes than lanes."""
     sam = store.get("sam/1")

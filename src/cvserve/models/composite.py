@@ -22,15 +22,7 @@ from cvserve.models.base import InferParams, Model, Task
 from cvserve.models.ids import parse_model_id
 from cvserve.models.manifest import Manifest, info_from_manifest
 from cvserve.models.promptable import PromptableModel
-from cvserve.models.runtime import (
-    RuntimeOptions,
-    alone_hint,
-    alone_now,
-    current_run_options,
-    helper_threads,
-    new_run_options,
-    run_options,
-)
+from cvserve.models.runtime import RuntimeOptions
 from cvserve.models.sam import crop_box
 from cvserve.results import BoxMask, Detections, Prediction
 
@@ -75,18 +67,13 @@ class CompositeModel(Model):
         self.info.class_names = list(self.detector.class_names)
         self.info.input_size = self.detector.info.input_size
 
-    # While the request is alone, detect on a helper thread while this one encodes.
-    overlap = True
-
     def predict(self, image: np.ndarray, params: InferParams) -> Prediction:
         h, w = image.shape[:2]
-        if self.overlap and alone_now():
-            det, embedding = self._detect_while_encoding(image, params)
-        else:
-            det = self._detect(image, params)
-            embedding = self.segmenter.embed(image) if len(det) else None
+        det = self.detector.predict(image, params).result
+        assert isinstance(det, Detections)  # the detector's task was checked at load
         masks: list[BoxMask] = []
         if len(det):
+            embedding = self.segmenter.embed(image)  # once per image, shared by every box
             many = getattr(self.segmenter, "segment_boxes", None)
             if many is not None:
                 masks = [m for m, _score in many(embedding, det.xyxy)]
@@ -94,45 +81,6 @@ class CompositeModel(Model):
                 masks = self.per_box(embedding, det.xyxy)
         det.masks = masks
         return Prediction(det, w, h)
-
-    def _detect(self, image: np.ndarray, params: InferParams) -> Detections:
-        det = self.detector.predict(image, params).result
-        assert isinstance(det, Detections)  # the detector's task was checked at load
-        return det
-
-    def _detect_while_encoding(
-        self, image: np.ndarray, params: InferParams
-    ) -> tuple[Detections, Any]:
-        """The detector (one single-threaded lane, on a helper thread) runs while this thread
-        encodes the image (the encoder's own threads): the same two results as one after the
-        other. An image without boxes stops the encoder's run (its own RunOptions), so it
-        costs little more than detection alone. The request's deadline reaches the detector
-        and the decoders; the encoder run is not stopped by it (at most one encoder run)."""
-        request_options = current_run_options()
-        stop = new_run_options()
-
-        def detect() -> Detections:
-            try:
-                with run_options(request_options), alone_hint(lambda: False):
-                    det = self._detect(image, params)
-            except BaseException:
-                stop.terminate = True
-                raise
-            if not len(det):
-                stop.terminate = True
-            return det
-
-        found = helper_threads().submit(detect)
-        try:
-            # Not alone for its own pixel work: the helper thread is the detector's.
-            with run_options(stop), alone_hint(lambda: False):
-                embedding = self.segmenter.embed(image)
-        except Exception:
-            det = found.result()  # the detector's own error first
-            if not len(det):
-                return det, None  # stopped on purpose: nothing to segment
-            raise
-        return found.result(), embedding
 
     def per_box(self, embedding: Any, boxes: np.ndarray) -> list[BoxMask]:
         """One `segment` call per box, cropped: the reference for `segment_boxes`."""
