@@ -265,6 +265,10 @@ def test_retention_on_a_live_server_removes_finished_jobs_and_old_files_only(
             wait_until(lambda: gone(f"{P}/files/{young_free['id']}"))  # its turn came
             assert c.get(f"{SEGMENT}/{young_job}", headers=BETA).json()["status"] == "Queued"
             assert c.get(f"{P}/files/{young_file['id']}").status_code == 200  # still needed
+            metrics = c.get("/metrics").text
+            # done_job and queued_job; done_file, used_file and young_free, at least
+            assert _sample(metrics, 'cvserve_retention_removed_total{kind="jobs"}') >= 2
+            assert _sample(metrics, 'cvserve_retention_removed_total{kind="files"}') >= 3
     finally:
         worker.close()
     assert "retention: removed" in caplog.text
@@ -296,3 +300,11 @@ def test_a_disk_that_fills_up_during_the_write_is_a_507_too(
     r = client.post(f"{P}/files/byids", json={"items": [{"id": created["id"] + 1}]})
     assert error(r, 400)["missing"]  # the one-step upload's record was taken back
     assert sorted(p.name for p in (tmp_path / "files").iterdir()) == []  # no temp file left
+
+
+def _sample(exposition: str, name: str) -> float:
+    """The value of one sample line of a Prometheus exposition."""
+    for line in exposition.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} not in /metrics")

@@ -16,7 +16,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from cvserve.engine import Engine
@@ -113,7 +113,7 @@ class _LiveGauges(Collector):
         self.store = store
         self.jobs = jobs
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         queued = GaugeMetricFamily(
             "cvserve_model_queue_depth", "Admitted images waiting for a worker", labels=["model"]
         )
@@ -145,6 +145,15 @@ class _LiveGauges(Collector):
                 if status not in JOB_STATUSES:
                     jobs.add_metric([status], n)
             yield jobs
+            sweeper = self.jobs.sweeper
+            removed = CounterMetricFamily(
+                "cvserve_retention_removed",
+                "Finished jobs and files removed by the retention sweep since start",
+                labels=["kind"],
+            )
+            removed.add_metric(["jobs"], sweeper.removed_jobs)
+            removed.add_metric(["files"], sweeper.removed_files)
+            yield removed
 
     def _job_counts(self) -> dict[str, int] | None:
         try:
