@@ -65,10 +65,14 @@ def graph() -> dict[str, frozenset[str]]:
     edges: dict[str, frozenset[str]] = {}
     for module in modules():
         targets = {_owner(name) for name in _imported(module) if name.split(".")[0] == PACKAGE}
-        # A package's __init__ re-exporting its own children is the parent -> child direction
-        # every import already takes (the parent runs first), not a circle between peers.
+        # The top package's __init__ loads its children lazily (cvserve.Client), and they
+        # import __version__ from it: that parent -> child edge is no circle. Any other
+        # package's __init__ re-exporting a child counts, since the child's own imports
+        # can come back through it (runtime -> backends -> choose -> ... -> runtime).
         edges[module] = frozenset(
-            t for t in targets if t and t != module and not t.startswith(module + ".")
+            t
+            for t in targets
+            if t and t != module and not (module == PACKAGE and t.startswith(module + "."))
         )
     return edges
 
