@@ -15,6 +15,7 @@ import shutil
 import sqlite3
 import tempfile
 import threading
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,7 +88,26 @@ def _meta(row: Any) -> FileMeta:
     )
 
 
-class FileStore:
+class FileLookup(ABC):
+    """`find` by id or externalId, over the two lookups each store implements."""
+
+    @abstractmethod
+    def get(self, project: str, file_id: int) -> FileMeta | None: ...
+
+    @abstractmethod
+    def by_external_id(self, project: str, external_id: str) -> FileMeta | None: ...
+
+    def find(
+        self, project: str, file_id: int | None = None, external_id: str | None = None
+    ) -> FileMeta | None:
+        if file_id is not None:
+            return self.get(project, file_id)
+        if external_id is not None:
+            return self.by_external_id(project, external_id)
+        return None
+
+
+class FileStore(FileLookup):
     def __init__(self, db: Database, root: Path) -> None:
         self.db = db
         self.root = root
@@ -124,15 +144,6 @@ class FileStore:
             "SELECT * FROM files WHERE external_id = ? AND project = ?", (external_id, project)
         )
         return _meta(row) if row else None
-
-    def find(
-        self, project: str, file_id: int | None = None, external_id: str | None = None
-    ) -> FileMeta | None:
-        if file_id is not None:
-            return self.get(project, file_id)
-        if external_id is not None:
-            return self.by_external_id(project, external_id)
-        return None
 
     def write(self, meta: FileMeta, data: bytes) -> FileMeta:
         """Store the content (atomically) and mark the file uploaded. Blocking: call off-loop."""

@@ -6,7 +6,13 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING, Any
 
-from cvserve.jobs.files import DuplicateExternalId, FileMeta, InsufficientStorage, _meta
+from cvserve.jobs.files import (
+    DuplicateExternalId,
+    FileLookup,
+    FileMeta,
+    InsufficientStorage,
+    _meta,
+)
 from cvserve.jobs.pg_database import FILE_COLUMNS as _FILE_COLUMNS
 from cvserve.jobs.pg_database import NOW_MS, PostgresDatabase
 
@@ -15,7 +21,7 @@ if TYPE_CHECKING:
 
 
 # -- the file store ----------------------------------------------------------------------
-class PostgresFileStore:
+class PostgresFileStore(FileLookup):
     """`FilesStore` on PostgreSQL: metadata and content (bytea) in `cvserve_files`."""
 
     def __init__(self, db: PostgresDatabase) -> None:
@@ -50,15 +56,6 @@ class PostgresFileStore:
             f"SELECT {_FILE_COLUMNS} FROM cvserve_files WHERE external_id = %s AND project = %s",
             (external_id, project),
         )
-
-    def find(
-        self, project: str, file_id: int | None = None, external_id: str | None = None
-    ) -> FileMeta | None:
-        if file_id is not None:
-            return self.get(project, file_id)
-        if external_id is not None:
-            return self.by_external_id(project, external_id)
-        return None
 
     def write(self, meta: FileMeta, data: bytes) -> FileMeta:
         """Store the content and mark the file uploaded, in one transaction."""
