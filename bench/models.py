@@ -12,7 +12,7 @@ candidates passes the default confidence: post-processing then does real work (N
 few dozen boxes, a few dozen masks, keypoints).
 
 Photos: Ultralytics ships two real photos (bus.jpg 810x1080, zidane.jpg 1280x720); the
-benchmark's 640x480 and 1920x1080 JPEGs are made from them (the 1080p one upscaled with
+benchmark's 640x480, 1280x960 and 1920x1080 JPEGs are made from them (the larger ones upscaled with
 mild sensor-like noise so its JPEG entropy, hence decode cost, is that of a real photo).
 """
 
@@ -63,8 +63,12 @@ def make_photos(out: Path) -> dict[str, str]:
     big = cv2.resize(zidane, (1920, 1080), interpolation=cv2.INTER_CUBIC).astype(np.float32)
     big += rng.normal(0, 3.0, big.shape).astype(np.float32)
     big = np.clip(big, 0, 255).astype(np.uint8)
+    # The issue's 1280x960 size: the same bus crop upscaled, with a photo's noise.
+    mid = cv2.resize(bus[top : top + crop_h], (1280, 960), interpolation=cv2.INTER_CUBIC)
+    mid = mid.astype(np.float32) + rng.normal(0, 3.0, mid.shape).astype(np.float32)
+    mid = np.clip(mid, 0, 255).astype(np.uint8)
     files = {}
-    for name, img in (("640x480", small), ("1920x1080", big)):
+    for name, img in (("640x480", small), ("1280x960", mid), ("1920x1080", big)):
         path = out / f"photo-{name}.jpg"
         cv2.imwrite(str(path), img, [cv2.IMWRITE_JPEG_QUALITY, 90])
         files[name] = path.name
