@@ -60,11 +60,15 @@ def create_app(settings: Settings, state: AppState | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.cvserve = state
+    routers = [door.build_router(state) for door in _DOORS]
+    for router in routers:
+        app.include_router(router)
+    # Innermost (added first): the hosted route's requests skip the router.
+    routes = [r for r in app.routes if hasattr(r, "path")] + [r for x in routers for r in x.routes]
+    app.add_middleware(hosted.HostedFastPath, state=state, routes=routes)
     app.add_middleware(CollapseSlashes)
     observability.install(app, state)  # request ids, access log, deadline
     _install_error_handlers(app)
-    for door in _DOORS:
-        app.include_router(door.build_router(state))
     _document_400_not_422(app)
     return app
 
