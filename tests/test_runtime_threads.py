@@ -1,8 +1,10 @@
-"""Loading a model keeps numpy's BLAS to one thread: OpenBLAS's own threads spin after a
-product and took the cores ONNX Runtime's next run needed (seg request 64 -> 109 ms)."""
+"""Loading a model keeps numpy's BLAS and OpenCV to one thread: OpenBLAS's own threads spin
+after a product and took the cores ONNX Runtime's next run needed (seg request 64 -> 109 ms);
+OpenCV's pool split each resize over cores busy with the other lanes' runs."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 from threadpoolctl import threadpool_info
 
@@ -16,6 +18,13 @@ def test_session_pool_limits_blas_to_one_thread(tmp_path):
     blas = [info for info in threadpool_info() if info["user_api"] == "blas"]
     assert blas, "numpy's BLAS was not found"
     assert all(info["num_threads"] == 1 for info in blas), blas
+
+
+def test_session_pool_limits_opencv_to_one_thread(tmp_path):
+    path = constant_model(tmp_path / "m.onnx", [np.zeros((1, 2), np.float32)])
+    cv2.setNumThreads(2)
+    SessionPool(path, RuntimeOptions(lanes=1, threads_per_lane=1))
+    assert cv2.getNumThreads() == 1
 
 
 def test_alone_counts_requests_for_every_model():

@@ -18,6 +18,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnxruntime as ort
 
@@ -54,13 +55,18 @@ class RuntimeOptions:
     precision: str = "f32"
 
 
-def _limit_blas_threads() -> None:
-    """numpy's BLAS to one thread, at each model load (so a BLAS loaded since, such as
-    SciPy's own OpenBLAS, is held too). OpenBLAS starts a thread per core and
+def _limit_library_threads() -> None:
+    """numpy's BLAS and OpenCV to one thread, at each model load (so a BLAS loaded since,
+    such as SciPy's own OpenBLAS, is held too). OpenBLAS starts a thread per core and
     lets it spin after each multi-threaded product; beside ONNX Runtime's threads and the
     lanes that spinning cost the next run dearly (YOLOv8n-seg at 640x480: 109 ms a request
-    with the mask logits' (N, 32) @ (32, mh*mw) product threaded, 64 ms without). The
-    server parallelises across requests and inside ONNX Runtime, not inside numpy."""
+    with the mask logits' (N, 32) @ (32, mh*mw) product threaded, 64 ms without). OpenCV's
+    own pool splits each resize and lookup over every core, whose halves then wait behind
+    the other lanes' runs (server CPU per 1280x960 image at saturation ~3 % higher), and
+    saves nothing at c=1 (a letterbox 0.71 ms on one thread, 0.74 on two). The server
+    parallelises across requests, inside ONNX Runtime, and in its own split pixel work
+    while a request is alone; not inside numpy or OpenCV."""
+    cv2.setNumThreads(1)
     try:
         from threadpoolctl import threadpool_limits
 
@@ -148,7 +154,7 @@ class SessionPool:
     (their intra-op pools would otherwise be shared by concurrent runs)."""
 
     def __init__(self, path: Path, options: RuntimeOptions) -> None:
-        _limit_blas_threads()
+        _limit_library_threads()
         self.path = path
         # The runtime backend: make(threads, spin) opens a session (cvserve.models.backends).
         self.choice = session_maker(
