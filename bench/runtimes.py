@@ -9,6 +9,13 @@ median and best of interleaved runs on the model's check input, and each OpenVIN
 agreement with ONNX Runtime's (`max_rel`: largest |difference| / the output's largest
 magnitude; `exact`: the rule `runtime: auto` applies). What `auto` would choose is printed
 too. bf16 is never exact; its agreement is how far off it is, for an opt-in decision.
+
+    .venv/bin/python bench/runtimes.py --store DIR [--rounds 5] [--no-quantize]
+
+The zoo mode (bench/zoo_runtimes.py): the seven zoo models of a store, loaded through the
+store as the server loads them, on ONNX Runtime f32, OpenVINO f32 and bf16 and int8, on the
+zoo's real photos: latency of the whole call and of the bare runs, agreement with ONNX
+Runtime f32 in task terms, load time.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import zoo_runtimes  # noqa: E402
 from common import MODELS_DIR, RESULTS_DIR  # noqa: E402
 
 from cvserve.models.backends import choose  # noqa: E402
@@ -77,7 +85,12 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=15)
     p.add_argument("--budget", type=float, default=8.0, help="seconds per model and thread count")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--store", type=Path, default=None, help="the zoo mode: bench/zoo_runtimes.py")
+    zoo_runtimes.add_arguments(p)
     args = p.parse_args()
+    if args.store is not None:
+        zoo_runtimes.finish(args, zoo_runtimes.run(args))
+        return
     report: dict = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "openvino": version(),

@@ -123,6 +123,39 @@ def test_openvino_answers_like_onnxruntime(tmp_path):
     np.testing.assert_array_equal(got[0], before)
 
 
+def test_ports_keep_their_onnx_names_when_compiling_aliases_them(tmp_path):
+    """An input feeding a no-op Reshape and Cast: compiling folds them into the parameter,
+    whose port then also answers to their tensors' names (MobileSAM's decoder input
+    `image_embeddings` to `/Reshape_3_output_0`); the session reports the ONNX names, so
+    the families find their inputs (the SAM decoder failed to load on OpenVINO before)."""
+    nodes = [
+        helper.make_node("Reshape", ["x", "shape"], ["/Reshape_output_0"]),
+        helper.make_node("Cast", ["/Reshape_output_0"], ["/Cast_output_0"], to=TensorProto.FLOAT),
+        helper.make_node("Add", ["/Cast_output_0", "one"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "alias",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        initializer=[
+            numpy_helper.from_array(np.array([1, 4], np.int64), "shape"),
+            numpy_helper.from_array(np.ones((1, 4), np.float32), "one"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "alias.onnx"
+    onnx.save(model, str(path))
+    session = OpenVinoSession(path, 1)
+    assert "x" in session._compiled.inputs[0].get_names()  # the case: more names than one
+    assert [i.name for i in session.get_inputs()] == ["x"]
+    assert [o.name for o in session.get_outputs()] == ["y"]
+    x = np.arange(4, dtype=np.float32).reshape(1, 4)
+    np.testing.assert_array_equal(session.run(None, {"x": x})[0], x + 1)
+    np.testing.assert_array_equal(session.run(["y"], {"x": x})[0], x + 1)
+
+
 def test_constant_models_are_equal_bit_for_bit(tmp_path):
     """The synthetic models the geometry tests use: both runtimes give the same bits,
     uint8 inputs included."""

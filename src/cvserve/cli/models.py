@@ -38,11 +38,12 @@ def models_import(
 
 
 def models_list(models_dir: Path | None = MODELS_DIR_OPT) -> None:
-    """Show each model: id, task, classes, input size, source and licence."""
+    """Show each model: id, task, classes, input size, source, licence and its last load."""
     from cvserve.models.store import ModelStore
 
     settings = settings_with(models_dir=models_dir)
-    infos = ModelStore(settings.store_dir).infos()
+    store = ModelStore(settings.store_dir)
+    infos = store.infos()
     table = Table(title=f"models in {settings.store_dir}")
     # id and task are never cut short (scripts grep for them); the other columns may be.
     for col, attr in (("id", "model_id"), ("task", None)):
@@ -50,7 +51,10 @@ def models_list(models_dir: Path | None = MODELS_DIR_OPT) -> None:
         table.add_column(col, no_wrap=True, min_width=max(map(len, values), default=len(col)))
     for col in ("classes", "input", "source", "licence"):
         table.add_column(col)
-    for info in infos:
+    records = [store.last_load(i.model_id) for i in infos]  # cold start: seconds, growth, when
+    loads = [r.describe() if r is not None else "-" for r in records]
+    table.add_column("last load", min_width=max(map(len, loads), default=9))
+    for info, load in zip(infos, loads, strict=True):
         src = info.source or {}
         names = ", ".join(info.class_names[:4]) + (" ..." if len(info.class_names) > 4 else "")
         size = f"{info.input_size[0]}x{info.input_size[1]}" if info.input_size else "-"
@@ -62,6 +66,7 @@ def models_list(models_dir: Path | None = MODELS_DIR_OPT) -> None:
             size,
             origin or str(src.get("format", "")),
             _licence(src),
+            load,
         )
     out = Console()
     if not out.is_terminal:  # piped: no terminal width to honour, don't squeeze the table

@@ -2,20 +2,26 @@
 
 Listing reads manifests only. Loading builds sessions once per model, off the event
 loop, under a per-model lock, so loading one model never blocks requests to another. Each
-load is timed and its resident growth measured (`stats`); which models stay loaded under a
-budget is the engine's business (cvserve.engine.residency).
+load is timed and its resident growth measured (`stats`), and recorded in the model's folder
+(`.load.json`: what `cvserve models list` shows as "last load"); which models stay loaded
+under a budget is the engine's business (cvserve.engine.residency).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
+import os
 import shutil
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from cvserve.errors import BadRequest, ModelLoadError, ModelNotFound
 from cvserve.models import registry
@@ -23,7 +29,11 @@ from cvserve.models.base import Model, ModelInfo
 from cvserve.models.ids import parse_model_id
 from cvserve.models.manifest import MANIFEST_NAME, Manifest, info_from_manifest
 from cvserve.models.memory import release_free_memory, resident_bytes
-from cvserve.models.runtime import RuntimeOptions
+from cvserve.models.runtime import RuntimeOptions, SessionPool
+
+log = logging.getLogger("cvserve.models")
+
+LOAD_RECORD = ".load.json"  # in the model's folder: its latest load by any process
 
 
 @dataclass(frozen=True)
@@ -33,6 +43,67 @@ class LoadStats:
     seconds: float
     resident_bytes: int
     loads: int  # loads of this model since the store was opened
+
+
+@dataclass(frozen=True)
+class LoadRecord:
+    """A model's latest load as its folder records it (`LOAD_RECORD`), whichever process
+    loaded it: seconds, resident growth, the runtimes its sessions run on, when (UTC)."""
+
+    seconds: float
+    resident_bytes: int
+    runtimes: tuple[str, ...]  # "onnxruntime f32", "openvino bf16", ... one per kind
+    loaded_at: str  # ISO 8601, UTC
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "seconds": round(self.seconds, 4),
+            "resident_bytes": self.resident_bytes,
+            "runtimes": list(self.runtimes),
+            "loaded_at": self.loaded_at,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> LoadRecord | None:
+        try:
+            runtimes = data.get("runtimes") or []
+            return cls(
+                float(data["seconds"]),
+                int(data["resident_bytes"]),
+                tuple(str(r) for r in runtimes),
+                str(data["loaded_at"]),
+            )
+        except (AttributeError, KeyError, TypeError, ValueError):
+            return None
+
+    def describe(self) -> str:
+        """`3.31 s, +209 MB (2026-12-02)`; a runtime other than ONNX Runtime f32 is named."""
+        text = f"{self.seconds:.2f} s, +{self.resident_bytes / 1e6:.0f} MB ({self.loaded_at[:10]})"
+        if self.runtimes and self.runtimes != ("onnxruntime f32",):
+            text += ", " + " / ".join(self.runtimes)
+        return text
+
+
+def runtimes_of(model: Model) -> tuple[str, ...]:
+    """The runtimes and precisions of a model's sessions (and its parts'), each kind once,
+    in the order found: a SAM model on bf16 runs "openvino bf16 / openvino f32" (decoder)."""
+    found: list[str] = []
+    seen: set[int] = set()
+
+    def walk(obj: object, depth: int) -> None:
+        if id(obj) in seen or depth > 3:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, SessionPool):
+            choice = getattr(obj, "choice", None)
+            if choice is not None and (kind := f"{choice.runtime} {choice.precision}") not in found:
+                found.append(kind)
+        elif isinstance(obj, Model):
+            for value in list(getattr(obj, "__dict__", {}).values()):
+                walk(value, depth + 1)
+
+    walk(model, 0)
+    return tuple(found)
 
 
 LoadListener = Callable[[str, LoadStats], None]
@@ -86,6 +157,8 @@ class ModelStore:
     def install(self, model_id: str, staged: Path, *, replace: bool = False) -> Path:
         """Move a fully written folder into place atomically (a failed import leaves nothing)."""
         Manifest.read(staged)  # refuse half-written folders
+        # A copied folder (an import, an int8 variant) never brings another load's record.
+        (staged / LOAD_RECORD).unlink(missing_ok=True)
         dest = self.folder(model_id)
         if dest.exists() and not replace:
             raise BadRequest(f"model {model_id} already exists (remove it first)")
@@ -154,10 +227,38 @@ class ModelStore:
         stats = LoadStats(seconds, grown, (previous.loads if previous else 0) + 1)
         self.stats[model_id] = stats
         self._models[model_id] = model
+        self._record_load(model_id, stats, model)
         for listener in list(self.load_listeners):
             with contextlib.suppress(Exception):  # metrics must never fail a load
                 listener(model_id, stats)
         return model
+
+    def _record_load(self, model_id: str, stats: LoadStats, model: Model) -> None:
+        """Write the load's record into the model's folder, atomically (a temp file, then
+        os.replace). Best effort: a read-only store or any OSError never fails the load."""
+        record = LoadRecord(
+            stats.seconds,
+            stats.resident_bytes,
+            runtimes_of(model),
+            datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        )
+        folder = self.folder(model_id)
+        tmp = folder / f"{LOAD_RECORD}.{os.getpid()}.{threading.get_ident()}.tmp"
+        try:
+            tmp.write_text(json.dumps(record.as_dict(), indent=2) + "\n")
+            os.replace(tmp, folder / LOAD_RECORD)
+        except OSError as e:
+            log.debug("cannot record the load of %s in %s: %s", model_id, folder, e)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+
+    def last_load(self, model_id: str) -> LoadRecord | None:
+        """The model's latest load recorded in its folder (by any process), or None."""
+        try:
+            data = json.loads((self.folder(model_id) / LOAD_RECORD).read_text())
+        except (OSError, ValueError, BadRequest):
+            return None
+        return LoadRecord.from_dict(data)
 
     def loaded_ids(self) -> list[str]:
         return list(self._models)

@@ -61,12 +61,21 @@ def version() -> str:
     return str(ov.__version__)
 
 
-def _node(port: Any) -> NodeInfo:
+def _name(port: Any, onnx_names: set[str]) -> str:
+    """The port's name in the ONNX file. Compiling can give a port more names (the tensors
+    an eliminated no-op Reshape or Cast produced: MobileSAM's decoder input
+    `image_embeddings` also answers to `/Reshape_3_output_0`), and `get_any_name()` may
+    return such an internal one; the families look inputs and outputs up by ONNX name."""
+    names = sorted(n for n in port.get_names() if n in onnx_names)
+    return names[0] if names else str(port.get_any_name())
+
+
+def _node(port: Any, onnx_names: set[str]) -> NodeInfo:
     shape: list[Any] = []
     for i, d in enumerate(port.get_partial_shape()):
         shape.append(d.get_length() if d.is_static else f"dim_{i}")
     return NodeInfo(
-        port.get_any_name(),
+        _name(port, onnx_names),
         shape,
         _TYPES.get(port.get_element_type().get_type_name(), "tensor(float)"),
     )
@@ -105,8 +114,10 @@ class OpenVinoSession:
         self.path = path
         self.threads = threads
         self.precision = precision
-        self._inputs = [_node(p) for p in self._compiled.inputs]
-        self._outputs = [_node(p) for p in self._compiled.outputs]
+        # The graph's own input and output names, as read (before compiling adds aliases).
+        onnx_names = {n for port in (*model.inputs, *model.outputs) for n in port.get_names()}
+        self._inputs = [_node(p, onnx_names) for p in self._compiled.inputs]
+        self._outputs = [_node(p, onnx_names) for p in self._compiled.outputs]
         self._meta = ModelMeta(_metadata(model))
         # Every name of each output port (ONNX names, possibly aliases) -> its index.
         self._output_index: dict[str, int] = {}
