@@ -250,6 +250,32 @@ def test_auto_keeps_onnxruntime_where_openvino_is_slower(tmp_path, monkeypatch):
     assert chosen.runtime == "onnxruntime" and "both exact" in chosen.reason
 
 
+def test_auto_keeps_onnxruntime_for_graphs_with_nms(tmp_path, monkeypatch):
+    """Non-maximum suppression (or control flow) decides boxes the noise check input never
+    reaches: coco-detect's Loop agreed on it, then gave other classes on real photos."""
+    nodes = [helper.make_node("NonMaxSuppression", ["boxes", "scores", "k"], ["selected"])]
+    graph = helper.make_graph(
+        nodes,
+        "nms",
+        [
+            helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, 8, 4]),
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 1, 8]),
+        ],
+        [helper.make_tensor_value_info("selected", TensorProto.INT64, [None, 3])],
+        initializer=[numpy_helper.from_array(np.array([4], np.int64), "k")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "nms.onnx"
+    onnx.save(model, str(path))
+    assert choose.unchecked_ops(path) == ["NonMaxSuppression"]
+    monkeypatch.setattr(choose, "best_ms", lambda *a: {"onnxruntime": 9.0, "openvino": 1.0})
+    decided = choose.measure(path, 1)
+    assert decided["runtime"] == "onnxruntime"
+    assert "NonMaxSuppression" in decided["reason"]
+    assert choose.unchecked_ops(conv_model(tmp_path / "conv.onnx")) == []
+
+
 def test_agreement_holds_values_near_zero_to_the_output_scale():
     ref = [np.array([5.0, 1e-5, -2.0], np.float32)]
     assert choose.agreement(ref, [ref[0] + np.float32(2e-6) * np.array([1, 1, 0])])["equal"]
