@@ -5,6 +5,9 @@ float model on the photos it was calibrated on."""
 from __future__ import annotations
 
 import json
+import os
+import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -175,3 +178,21 @@ def test_box_agreement() -> None:
     assert box_agreement(dets((0, 0, 10, 10, 0)), other_class)[0] == 0.0
     f1, iou = box_agreement(dets(), dets())
     assert f1 == 1.0 and iou != iou  # nothing to match: full agreement, no IoU
+
+
+# -- the installed folder's mode -------------------------------------------------------------
+@pytest.fixture()
+def umask() -> Iterator[None]:
+    previous = os.umask(0o022)
+    os.umask(previous)
+    yield
+    os.umask(previous)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027])
+def test_the_int8_folder_has_the_normal_mode(store: ModelStore, umask: None, mask: int) -> None:
+    """Not mkdtemp's 0700: 0777 less the umask, as any folder (and the float model's)."""
+    os.umask(mask)
+    report = quantize_model(store, "tiny/1", _photos(2), repeats=1)
+    mode = stat.S_IMODE(store.folder(report.model_id).stat().st_mode)
+    assert mode == 0o777 & ~mask
