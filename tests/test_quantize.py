@@ -16,12 +16,14 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+import cvserve.tools.quantize as quantize
 from cvserve.errors import BadRequest
 from cvserve.models.base import InferParams, Task
 from cvserve.models.runtime import RuntimeOptions
 from cvserve.models.store import ModelStore
 from cvserve.results import Detections
 from cvserve.tools.quantize import (
+    QuantizeRefused,
     box_agreement,
     int8_id,
     quantize_model,
@@ -178,6 +180,120 @@ def test_box_agreement() -> None:
     assert box_agreement(dets((0, 0, 10, 10, 0)), other_class)[0] == 0.0
     f1, iou = box_agreement(dets(), dets())
     assert f1 == 1.0 and iou != iou  # nothing to match: full agreement, no IoU
+
+
+def _staging_left(root: Path) -> list[Path]:
+    return sorted(root.glob(".staging-*"))
+
+
+def _manifest(folder: Path, **body: object) -> None:
+    (folder / "cvserve.json").write_text(json.dumps(body))
+
+
+# -- a MoveNet with a dynamic input (people-pose) --------------------------------------------
+def _pose_rows() -> np.ndarray:
+    """MultiPose [1, 6, 56]: two people (17 x (y, x, score), box, score), four empty rows."""
+    rows = np.zeros((6, 56), np.float32)
+    for person, (y0, x0) in enumerate([(0.1, 0.1), (0.3, 0.5)]):
+        kp = np.stack(
+            [np.linspace(y0, y0 + 0.4, 17), np.linspace(x0, x0 + 0.3, 17), np.full(17, 0.8)], 1
+        )
+        rows[person, :51] = kp.reshape(-1)
+        rows[person, 51:56] = [y0, x0, y0 + 0.4, x0 + 0.3, 0.9]
+    return rows[None]
+
+
+def _movenet(path: Path) -> None:
+    """int32 NHWC input of any size -> conv -> relu -> pool -> gemm: the pose rows plus a
+    little of the picture (the gemm's weights are tiny: int8 moves nothing that counts)."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.1).astype(np.float32), "w"),
+        numpy_helper.from_array((rng.standard_normal((6 * 56, 8)) * 1e-5).astype(np.float32), "g"),
+        numpy_helper.from_array(_pose_rows().reshape(-1), "rows"),
+        numpy_helper.from_array(np.array([1, 6, 56], np.int64), "shape"),
+    ]
+    nodes = [
+        helper.make_node("Cast", ["input"], ["x"], to=TensorProto.FLOAT),
+        helper.make_node("Transpose", ["x"], ["nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["nchw", "w"], ["c"], name="conv", pads=[1] * 4),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("GlobalAveragePool", ["r"], ["p"], name="pool"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "g", "rows"], ["flat_rows"], name="head", transB=1),
+        helper.make_node("Reshape", ["flat_rows", "shape"], ["output_0"], name="reshape"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny-movenet",
+        [helper.make_tensor_value_info("input", TensorProto.INT32, [1, "h", "w", 3])],
+        [helper.make_tensor_value_info("output_0", TensorProto.FLOAT, [1, 6, 56])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def test_a_dynamic_movenet_calibrates_at_its_own_input_sizes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No input size in the manifest (people-pose's): each photo is calibrated at the size
+    MoveNet's own preprocessing gives it (longer side `input_side`, multiples of 32)."""
+    folder = tmp_path / "pose" / "1"
+    folder.mkdir(parents=True)
+    _movenet(folder / "model.onnx")
+    _manifest(
+        folder,
+        task="keypoint-detection",
+        family="movenet",
+        class_names=["person"],
+        preprocess={
+            "resize": "letterbox",
+            "size": None,
+            "pad_value": 0,
+            "pad_align": "top-left",
+            "layout": "nhwc",
+            "dtype": "int32",
+            "scale": 1 / 255,
+            "interpolation": "linear",
+        },  # fmt: skip
+        postprocess={"input_side": 64},
+    )
+    store = ModelStore(tmp_path, runtime_for_quantize())
+    wide = [np.ascontiguousarray(np.concatenate([p, p], axis=1)[:32]) for p in _photos(2)]
+    photos = _photos(3) + wide  # 48x64 and 32x128
+    seen: list[tuple[int, ...]] = []
+    real = quantize.quantize_file
+
+    def spy(src: Path, dst: Path, method: str, name: str, tensors: list, **kw: object) -> None:
+        seen.extend(t.shape for t in tensors)
+        real(src, dst, method, name, tensors, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(quantize, "quantize_file", spy)
+    report = quantize_model(store, "pose/1", photos, repeats=1)
+    # Longer side 64, then up to multiples of 32: 64x48 -> 64x64, 128x32 -> 64x16 -> 64x32.
+    assert seen == [(1, 64, 64, 3)] * 3 + [(1, 32, 64, 3)] * 2
+    model = store.get("pose/1")
+    assert seen == [model.preprocess(p)[0].shape for p in photos]  # type: ignore[attr-defined]
+    assert report.agreement["box_f1_iou50"] == 1.0
+    quant = store.get(report.model_id).predict(photos[0], InferParams()).result
+    assert isinstance(quant, Detections) and len(quant) == 2 and quant.keypoints is not None
+
+
+def test_a_model_whose_preprocessing_fails_is_refused(
+    store: ModelStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cvserve.models.generic import Classifier
+
+    def fails(self: Classifier, image: np.ndarray) -> tuple[np.ndarray, object]:
+        raise ValueError("no input size")
+
+    monkeypatch.setattr(Classifier, "preprocess", fails)
+    with pytest.raises(QuantizeRefused, match=r"tiny/1: cannot calibrate: .*ValueError: no input"):
+        quantize_model(store, "tiny/1", _photos(2), repeats=1)
+    assert not store.exists("tiny/1-int8") and not _staging_left(store.root)
 
 
 # -- the installed folder's mode -------------------------------------------------------------

@@ -18,6 +18,9 @@ A composite (`coco-segment/1`) gets `coco-segment/1-int8`, whose segmenter is th
 the agreement is the IoU of each instance's mask. The float models stay the default: the
 int8 ones are opt-in by their ids.
 
+Calibration photos go through the model family's own preprocessing (`model.preprocess`,
+the tensor `predict` runs: MoveNet's and RetinaFace's at each photo's own size).
+
 The result lands beside the original as `DATASET/VERSION-int8`; the float model is kept.
 Needs the `onnx` package (`pip install 'cvserve[quantize]'`).
 """
@@ -27,7 +30,7 @@ from __future__ import annotations
 import shutil
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,6 +56,10 @@ _OPS = [
     "Conv", "MatMul", "Gemm", "Sigmoid", "Mul", "Add", "Concat", "MaxPool", "Resize", "Split", "Slice",
 ]  # fmt: skip
 DEFAULT_PHOTOS = ("astronaut", "chelsea", "coffee", "motorcycle", "faces", "street")
+
+
+class QuantizeRefused(BadRequest):
+    """The int8 model cannot be made or is not installed (calibration, loading, agreement)."""
 
 
 @dataclass
@@ -245,6 +252,19 @@ def quantize_file(
         pre.unlink(missing_ok=True)
 
 
+def calibration_tensors(
+    model_id: str, preprocess: Callable[[np.ndarray], tuple[Any, ...]], photos: list[np.ndarray]
+) -> list[np.ndarray]:
+    """Each photo through the model's own preprocessing (the tensors `predict` runs)."""
+    try:
+        return [np.ascontiguousarray(preprocess(p)[0]) for p in photos]
+    except Exception as e:  # OpenCV, numpy, a family's own checks: say which model and why
+        raise QuantizeRefused(
+            f"{model_id}: cannot calibrate: its preprocessing fails on a photo "
+            f"({type(e).__name__}: {str(e).strip()[:300]})"
+        ) from e
+
+
 def quantize_model(
     store: ModelStore,
     model_id: str,
@@ -272,7 +292,7 @@ def quantize_model(
     preprocess = getattr(model, "preprocess", None)
     if preprocess is None:
         raise BadRequest(f"{model_id}: family {manifest.family} has no tensor preprocessing")
-    tensors = [preprocess(p)[0] for p in photos]
+    tensors = calibration_tensors(model_id, preprocess, photos)
     # A family with tensor preprocessing is a single-file ONNX model, which has a pool.
     input_name = model.pool.input_names[0]  # type: ignore[attr-defined]  # see above
     folder = store.folder(model_id)
@@ -333,7 +353,7 @@ def quantize_sam(
     if not isinstance(model, SamModel):
         raise BadRequest(f"{model_id}: not a SAM model")
     enc_name = manifest.files.get("encoder", "encoder.onnx")
-    tensors = [encoder_input(p, model.input_size)[0] for p in photos]
+    tensors = calibration_tensors(model_id, lambda p: encoder_input(p, model.input_size), photos)
     input_name = model.encoder.input_names[0]
     folder = store.folder(model_id)
     staged = store.staging_dir()
