@@ -25,7 +25,10 @@ the tensor `predict` runs: MoveNet's and RetinaFace's at each photo's own size).
 
 Nothing is installed unless it is proved first: the int8 file is loaded and run once on a
 photo's tensor in a process of its own (`prove_loads`: a graph ONNX Runtime cannot load
-may abort the whole process, as a server loading it would). Graphs whose subgraphs (Loop/If/Scan: a TensorFlow SSD's
+may abort the whole process, as a server loading it would), then its predictions are
+compared with the float model's on the photos, in the task's terms (`compare`), and it is
+refused when they agree less than `AGREEMENT_FLOORS` (`force=True`, `--force`: installed
+anyway, and its manifest says so). Graphs whose subgraphs (Loop/If/Scan: a TensorFlow SSD's
 NMS) read a tensor ONNX Runtime's QDQ propagation would rewrite keep the nodes around that
 tensor float (`_subgraph_fed_nodes`), which ORT 1.32 otherwise aborts on while loading.
 
@@ -59,7 +62,7 @@ from cvserve.models.ids import parse_model_id
 from cvserve.models.manifest import Manifest
 from cvserve.models.runtime import RuntimeOptions
 from cvserve.models.store import ModelStore
-from cvserve.results import Classification, Detections, Prediction
+from cvserve.results import Classification, Detections, Prediction, SemanticMask
 
 if TYPE_CHECKING:  # onnx is the optional `quantize` extra, imported when quantizing
     import onnx
@@ -73,6 +76,21 @@ _OPS = [
 ]  # fmt: skip
 DEFAULT_PHOTOS = ("astronaut", "chelsea", "coffee", "motorcycle", "faces", "street")
 
+# The least agreement with the float model, on the photos, an int8 model is installed with
+# (each measure where the task has it; below any: refused unless forced). Detection and
+# keypoints: F1 of boxes matched one-to-one (same class, IoU >= 0.5) at confidence 0.25;
+# classification: the share of photos with the same top-1 class; semantic segmentation:
+# the IoU of the foreground (every class but 0) at the default threshold, mean over the
+# photos, and the share of pixels given the same class; SAM: the mask IoU of a box prompt
+# over the photo's middle; composite: each instance's mask IoU on the (same) boxes.
+AGREEMENT_FLOORS: dict[str, float] = {
+    "box_f1_iou50": 0.9,
+    "top1_agreement": 0.9,
+    "fg_iou_mean": 0.9,
+    "pixel_agreement": 0.9,
+    "box_mask_iou_mean": 0.9,
+    "instance_mask_iou_mean": 0.9,
+}
 LOAD_CHECK_TIMEOUT_S = 300.0  # loading and one run of the int8 file, in its own process
 
 
@@ -91,6 +109,7 @@ class QuantizeReport:
     float_mb: float
     int8_mb: float
     agreement: dict[str, float] = field(default_factory=dict)
+    below_floor: list[str] = field(default_factory=list)  # non-empty: installed by force
 
     @property
     def speedup(self) -> float:
@@ -407,6 +426,39 @@ def prove_loads(
     )
 
 
+def below_floor(agreement: dict[str, float]) -> list[str]:
+    """The measures under their AGREEMENT_FLOORS, as `name value < floor`; a task with none
+    of them measured (nothing to compare on the photos) is one entry too."""
+    gated = [k for k in AGREEMENT_FLOORS if k in agreement]
+    if not gated:
+        return ["no agreement measured on these photos"]
+    return [
+        f"{k} {agreement[k]:.3f} < {AGREEMENT_FLOORS[k]}"
+        for k in gated
+        if not agreement[k] >= AGREEMENT_FLOORS[k]  # NaN is below
+    ]
+
+
+def describe_agreement(agreement: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.3f}" for k, v in agreement.items()) or "n/a"
+
+
+def _gate(report: QuantizeReport, force: bool) -> None:
+    """Refuse (QuantizeRefused) an int8 model that agrees too little, unless forced."""
+    report.below_floor = below_floor(report.agreement)
+    if report.below_floor and not force:
+        raise QuantizeRefused(
+            f"{report.model_id} not installed: it agrees too little with {report.source_id} "
+            f"on {report.photos} photos ({'; '.join(report.below_floor)}; measured: "
+            f"{describe_agreement(report.agreement)}; x{report.speedup:.2f} per run); "
+            "--force installs it anyway"
+        )
+
+
+def _forced_note(report: QuantizeReport) -> str:
+    return f"; installed by --force below the agreement floor ({', '.join(report.below_floor)})"
+
+
 def _load_staged(store: ModelStore, model_id: str, manifest: Manifest, folder: Path) -> Model:
     """A staged folder's model, loaded as the store would (a composite's parts: the store's)."""
     with registry.siblings_from(store.get):
@@ -421,19 +473,24 @@ def quantize_model(
     method: str | None = None,
     replace: bool = False,
     repeats: int = 10,
+    force: bool = False,
 ) -> QuantizeReport:
     """method None: static, dynamic for SAM and composites. The int8 model is installed only
-    once it loads and runs in a process of its own; otherwise QuantizeRefused, nothing
-    installed."""
+    once it loads and runs in a process of its own and agrees with the float model (see
+    AGREEMENT_FLOORS; `force`: also below them); otherwise QuantizeRefused, nothing installed."""
     if method not in (None, "static", "dynamic"):
         raise BadRequest("method must be static or dynamic")
     if not photos:
         raise BadRequest("quantizing needs at least one photo")
     manifest = store.manifest(model_id)
     if manifest.family == "sam":
-        return quantize_sam(store, model_id, photos, method or "dynamic", replace, repeats)
+        return quantize_sam(
+            store, model_id, photos, method or "dynamic", replace, repeats, force=force
+        )
     if manifest.family == "composite":
-        return quantize_composite(store, model_id, photos, method or "dynamic", replace, repeats)
+        return quantize_composite(
+            store, model_id, photos, method or "dynamic", replace, repeats, force=force
+        )
     method = method or "static"
     if manifest.files:
         raise BadRequest(f"{model_id}: multi-file models ({manifest.family}) are not supported")
@@ -481,6 +538,9 @@ def quantize_model(
             int8_mb=weights.stat().st_size / 2**20,
             agreement=agreement,
         )
+        _gate(report, force)
+        if report.below_floor:
+            source["quantization"] += _forced_note(report)
         Manifest.model_validate({**manifest.model_dump(), "source": source}).write(staged)
         store.install(out_id, staged, replace=replace)
     finally:
@@ -496,6 +556,8 @@ def quantize_sam(
     method: str = "dynamic",
     replace: bool = False,
     repeats: int = 3,
+    *,
+    force: bool = False,
 ) -> QuantizeReport:
     """`DATASET/VERSION-int8` of a SAM model: its encoder in int8, its decoder as it is."""
     from cvserve.models.sam import SamModel, encoder_input
@@ -552,6 +614,9 @@ def quantize_sam(
             int8_mb=(staged / enc_name).stat().st_size / 2**20,
             agreement=agreement,
         )
+        _gate(report, force)
+        if report.below_floor:
+            source["quantization"] += _forced_note(report)
         Manifest.model_validate({**manifest.model_dump(), "source": source}).write(staged)
         store.install(out_id, staged, replace=replace)
     finally:
@@ -590,6 +655,8 @@ def quantize_composite(
     method: str = "dynamic",
     replace: bool = False,
     repeats: int = 3,
+    *,
+    force: bool = False,
 ) -> QuantizeReport:
     """`DATASET/VERSION-int8` of a composite: the same detector, the int8 SAM (quantized
     first where missing, and installed only if it passes on its own)."""
@@ -601,7 +668,7 @@ def quantize_composite(
     q_seg = int8_id(seg_id)
     sam_report = None
     if not store.exists(q_seg) or replace:
-        sam_report = quantize_sam(store, seg_id, photos, method, replace, repeats)
+        sam_report = quantize_sam(store, seg_id, photos, method, replace, repeats, force=force)
     staged = store.staging_dir()
     try:
         for f in store.folder(model_id).iterdir():
@@ -641,6 +708,9 @@ def quantize_composite(
             int8_mb=int8_mb,
             agreement=agreement,
         )
+        _gate(report, force)
+        if report.below_floor:
+            source["quantization"] += _forced_note(report)
         data = {**manifest.model_dump(), "source": source, "postprocess": post}
         Manifest.model_validate(data).write(staged)
         store.install(out_id, staged, replace=replace)
@@ -689,12 +759,15 @@ def _speed(
 
 
 def compare(model: Model, quant: Model, photos: list[np.ndarray]) -> dict[str, float]:
-    """Agreement of the int8 model's predictions with the float model's on the photos."""
+    """Agreement of the int8 model's predictions with the float model's on the photos, in
+    the task's terms: boxes (detection, keypoints), top-1 (classification), foreground IoU
+    and per-pixel classes (semantic segmentation). See AGREEMENT_FLOORS."""
     task = model.task
     params = InferParams.defaults_for(task)
     if task.detection_like:
         params = InferParams(confidence=0.25, iou=0.45)
     f1s, ious, top1, diffs = [], [], [], []
+    fg_ious, same_pixels, conf_diffs = [], [], []
     for p in photos:
         a: Prediction = model.predict(p, params)
         b: Prediction = quant.predict(p, params)
@@ -706,6 +779,11 @@ def compare(model: Model, quant: Model, photos: list[np.ndarray]) -> dict[str, f
         elif isinstance(a.result, Classification) and isinstance(b.result, Classification):
             top1.append(float(np.argmax(a.result.scores) == np.argmax(b.result.scores)))
             diffs.append(float(np.abs(a.result.scores - b.result.scores).max()))
+        elif isinstance(a.result, SemanticMask) and isinstance(b.result, SemanticMask):
+            ma, mb = a.result.class_map, b.result.class_map
+            fg_ious.append(mask_iou(ma != 0, mb != 0))  # class 0: background
+            same_pixels.append(float(np.count_nonzero(ma == mb) / max(1, ma.size)))
+            conf_diffs.append(float(np.abs(a.result.confidence - b.result.confidence).max()))
     out: dict[str, float] = {}
     if f1s:
         out["box_f1_iou50"] = float(np.mean(f1s))
@@ -713,6 +791,11 @@ def compare(model: Model, quant: Model, photos: list[np.ndarray]) -> dict[str, f
     if top1:
         out["top1_agreement"] = float(np.mean(top1))
         out["max_abs_score_diff"] = float(np.max(diffs))
+    if fg_ious:
+        out["fg_iou_mean"] = float(np.mean(fg_ious))
+        out["fg_iou_min"] = float(np.min(fg_ious))
+        out["pixel_agreement"] = float(np.mean(same_pixels))
+        out["max_abs_confidence_diff"] = float(np.max(conf_diffs))
     return out
 
 
