@@ -137,11 +137,20 @@ def models_quantize(
         "(default: real photos from registry packages)."
     ),
     replace: bool = typer.Option(False, "--replace", help="Overwrite an existing -int8 model."),
+    force: bool = typer.Option(
+        False, "--force", help="Install it even where it agrees with the float model less "
+        "than the floors (box F1, top-1, foreground IoU, mask IoU 0.9); never one that "
+        "does not load."
+    ),
 ) -> None:  # fmt: skip
-    """Write an int8 variant as DATASET/VERSION-int8; report its speed-up and agreement."""
+    """Write an int8 variant as DATASET/VERSION-int8; report its speed-up and agreement.
+
+    It is installed only once it has loaded and run in a process of its own and agrees
+    with the float model on the photos; otherwise nothing is installed (exit status 2)."""
     from cvserve.models.store import ModelStore
     from cvserve.tools.quantize import (
         default_photos,
+        describe_agreement,
         photos_from,
         quantize_model,
         runtime_for_quantize,
@@ -156,13 +165,18 @@ def models_quantize(
             images,
             method=method,
             replace=replace,
+            force=force,
         )
     except CVServeError as e:
         fail(e)
-    agreement = ", ".join(f"{k} {v:.3f}" for k, v in report.agreement.items())
     console.print(
         f"wrote {report.model_id} ({report.method} int8, {report.int8_mb:.1f} MB from "
         f"{report.float_mb:.1f} MB): x{report.speedup:.2f} per run on one thread "
         f"({report.float_ms:.1f} -> {report.int8_ms:.1f} ms); agreement with the float model "
-        f"on {report.photos} photos: {agreement or 'n/a'}"
+        f"on {report.photos} photos: {describe_agreement(report.agreement)}"
     )
+    if report.below_floor:
+        console.print(
+            f"[yellow]installed by --force below the agreement floor:[/yellow] "
+            f"{'; '.join(report.below_floor)}"
+        )

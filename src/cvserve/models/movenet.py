@@ -23,7 +23,7 @@ from cvserve.models.base import InferParams
 from cvserve.models.manifest import Manifest
 from cvserve.models.nms import nms
 from cvserve.models.onnx_model import OnnxModel
-from cvserve.models.preprocess import prepare, to_tensor
+from cvserve.models.preprocess import Transform, prepare, to_tensor
 from cvserve.models.registry import family
 from cvserve.models.runtime import RuntimeOptions
 from cvserve.results import Detections, Prediction
@@ -55,11 +55,18 @@ class MoveNetModel(OnnxModel):
         r = self.side / max(width, height)
         return 32 * math.ceil(width * r / 32), 32 * math.ceil(height * r / 32)
 
+    def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, Transform]:
+        """The tensor `predict` runs: at the image's own size for a dynamic input (the
+        manifest has none), so calibration (`cvserve models quantize`) sees the same."""
+        in_w, in_h = self._input_size(image.shape[1], image.shape[0])
+        pixels, transform = prepare(image, self._spec, in_w, in_h)
+        return to_tensor(pixels, self._spec, self._input_dtype), transform
+
     def predict(self, image: np.ndarray, params: InferParams) -> Prediction:
         h, w = image.shape[:2]
         in_w, in_h = self._input_size(w, h)
-        pixels, transform = prepare(image, self._spec, in_w, in_h)
-        out = np.asarray(self.run(to_tensor(pixels, self._spec, self._input_dtype))[0])
+        tensor, transform = self.preprocess(image)
+        out = np.asarray(self.run(tensor)[0])
         if out.shape[-1] == 56:  # MultiPose
             rows = out.reshape(-1, 56).astype(np.float32)
             kp = rows[:, : 3 * K].reshape(-1, K, 3)

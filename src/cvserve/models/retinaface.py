@@ -20,7 +20,7 @@ from cvserve.models.base import InferParams
 from cvserve.models.manifest import Manifest
 from cvserve.models.nms import nms
 from cvserve.models.onnx_model import OnnxModel
-from cvserve.models.preprocess import prepare, to_tensor
+from cvserve.models.preprocess import Transform, prepare, to_tensor
 from cvserve.models.registry import family
 from cvserve.models.runtime import RuntimeOptions
 from cvserve.results import Detections, Prediction
@@ -80,11 +80,16 @@ class RetinaFaceModel(OnnxModel):
         r = min(1.0, self.max_side / max(width, height)) if self.max_side > 0 else 1.0
         return max(1, round(width * r)), max(1, round(height * r))
 
+    def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, Transform]:
+        """The tensor `predict` runs: the image itself, scaled down to `max_side`."""
+        in_w, in_h = self._input_size(image.shape[1], image.shape[0])
+        pixels, transform = prepare(image, self._spec, in_w, in_h)
+        return to_tensor(pixels, self._spec, self._input_dtype), transform
+
     def predict(self, image: np.ndarray, params: InferParams) -> Prediction:
         h, w = image.shape[:2]
         in_w, in_h = self._input_size(w, h)
-        pixels, transform = prepare(image, self._spec, in_w, in_h)
-        tensor = to_tensor(pixels, self._spec, self._input_dtype)
+        tensor, transform = self.preprocess(image)
         loc, conf, landmarks = (np.asarray(o)[0] for o in self.run(tensor)[:3])
         scores = conf[:, 1]
         idx = np.flatnonzero(scores > params.confidence)

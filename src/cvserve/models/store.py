@@ -106,6 +106,21 @@ def runtimes_of(model: Model) -> tuple[str, ...]:
     return tuple(found)
 
 
+def folder_mode() -> int:
+    """The mode a new folder gets (os.mkdir's): 0o777 less the process's umask, read where
+    Linux shows it (/proc/self/status) rather than set and reset (os.umask is process-wide,
+    racing other threads' file creation)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o777 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o777 & ~mask
+
+
 LoadListener = Callable[[str, LoadStats], None]
 _loading = threading.local()  # the resident growth of the loads nested in this thread's load
 
@@ -163,6 +178,8 @@ class ModelStore:
         if dest.exists() and not replace:
             raise BadRequest(f"model {model_id} already exists (remove it first)")
         dest.parent.mkdir(parents=True, exist_ok=True)
+        # staging_dir()'s mkdtemp made it owner-only: an installed model is a plain folder.
+        staged.chmod(folder_mode())
         tmp_old = None
         if dest.exists():
             # tempfile's own random 8-character names (a private CPython helper).
