@@ -156,20 +156,22 @@ class SessionPool:
     def __init__(self, path: Path, options: RuntimeOptions) -> None:
         _limit_library_threads()
         self.path = path
-        # The runtime backend: make(threads, spin) opens a session (cvserve.models.backends).
+        # The runtime backend: make(threads, spin, runs) opens a session
+        # (cvserve.models.backends).
         self.choice = session_maker(
             path, options.runtime, options.precision, options.threads_per_lane
         )
         make = self.choice.make
         count = 1 if options.threads_per_lane <= 1 else options.lanes
-        self._sessions = [make(options.threads_per_lane, False) for _ in range(count)]
+        runs = options.lanes if count == 1 else 1  # concurrent runs each session serves
+        self._sessions = [make(options.threads_per_lane, False, runs) for _ in range(count)]
         self._free: queue.SimpleQueue[Session] = queue.SimpleQueue()
         for _ in range(options.lanes if count == 1 else 1):
             for s in self._sessions:
                 self._free.put(s)  # one slot per lane (the shared session: `lanes` slots)
         self._wide: Session | None = None
         if options.wide_threads > options.threads_per_lane:
-            self._wide = make(options.wide_threads, True)
+            self._wide = make(options.wide_threads, True, 1)
         self._wide_free = threading.Lock()
         self._count_lock = threading.Lock()
         self._running = 0

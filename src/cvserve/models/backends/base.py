@@ -47,8 +47,10 @@ class Session(Protocol):
     ) -> list[np.ndarray]: ...
 
 
-# (threads, spin) -> a session of the chosen runtime for the file the maker was made for.
-SessionMaker = Callable[[int, bool], Session]
+# make(threads, spin, runs) -> a session of the chosen runtime for the maker's file, for
+# `runs` concurrent runs of `threads` threads each
+# (ONNX Runtime's runs are concurrent on any session; OpenVINO's need a stream each).
+SessionMaker = Callable[[int, bool, int], Session]
 
 
 def openvino_available() -> bool:

@@ -79,7 +79,9 @@ class Choice:
 
 
 def _ort(path: Path, reason: str) -> Choice:
-    return Choice("onnxruntime", "f32", reason, lambda t, s: ort_backend.open_session(path, t, s))
+    return Choice(
+        "onnxruntime", "f32", reason, lambda t, s, _runs: ort_backend.open_session(path, t, s)
+    )
 
 
 def _ov(path: Path, precision: str, reason: str) -> Choice:
@@ -89,7 +91,7 @@ def _ov(path: Path, precision: str, reason: str) -> Choice:
         "openvino",
         precision,
         reason,
-        lambda t, s: OpenVinoSession(path, t, precision),  # type: ignore[arg-type]
+        lambda t, s, runs: OpenVinoSession(path, t, precision, runs),  # type: ignore[arg-type]
     )
 
 
