@@ -46,6 +46,7 @@ from common import (  # noqa: E402
     summarize,
 )
 
+from cvserve.encoders import HostedEncoder  # noqa: E402
 from cvserve.engine.decode import decode  # noqa: E402
 from cvserve.engine.pipeline import infer as engine_infer  # noqa: E402
 from cvserve.images import decode_image  # noqa: E402
@@ -145,10 +146,10 @@ class Bare:
 
 def inproc_measure(model, data: bytes, settings: Settings, n: int, duration: float, threads: int):
     params = InferParams()
-    render = RenderOptions()
+    encoder = HostedEncoder(RenderOptions())
 
     def once():
-        return engine_infer(model, data, params, render, settings)
+        return engine_infer(model, data, params, settings, encoder)
 
     once()
     lat = latencies(once, n, min_s=duration)
@@ -464,9 +465,9 @@ def _memory(store_dir: Path, names: list[str], workers: int) -> dict:
             "from cvserve.models.runtime import RuntimeOptions;"
             "from cvserve.models.base import InferParams;"
             "from cvserve.settings import Settings;"
-            "from cvserve.http.app import build_state;import cvserve.models.yolo, cvserve.models.generic;"
+            "from cvserve.engine import LocalEngine;import cvserve.models.yolo, cvserve.models.generic;"
             "s=Settings(models_dir=Path(sys.argv[1]),workers=int(sys.argv[3]));"
-            "st=build_state(s).store;"
+            "st=LocalEngine.from_settings(s).store;"
             "img=np.full((480,640,3),100,np.uint8);"
             "r0=rss_bytes();m=st.get(sys.argv[2]);r1=rss_bytes();m.predict(img,InferParams());"
             "r2=rss_bytes();print(json.dumps([r0,r1,r2]))"
@@ -512,10 +513,9 @@ def run(args: argparse.Namespace) -> dict:
     prepare_store(store_dir, names)
     # cvserve on the best exact runtime too (auto), as bare is.
     settings = Settings(models_dir=store_dir, runtime="auto").with_overrides(workers=args.workers)
-    from cvserve.http.app import build_state
+    from cvserve.engine import LocalEngine
 
-    state = build_state(settings)
-    store = state.store
+    store = LocalEngine.from_settings(settings).store
     lanes = store.options.lanes
     report: dict = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from cvserve.engine import LocalEngine
 from cvserve.models.base import ModelInfo
 from cvserve.models.importers import import_model
 from cvserve.models.runtime import RuntimeOptions
@@ -58,7 +59,7 @@ def build_client(store: ModelStore, **overrides: Any) -> TestClient:
     }
     fields.update(overrides)
     settings = Settings(**fields)
-    state = build_state(settings, store=store)
+    state = build_state(settings, engine=LocalEngine(settings, store))
     return TestClient(create_app(settings, state), raise_server_exceptions=False)
 
 

@@ -23,7 +23,8 @@ import httpx
 import pytest
 
 import cvserve
-from cvserve.engine import Engine
+from cvserve.encoders import HostedEncoder
+from cvserve.engine import LocalEngine
 from cvserve.engine import fastpath as fastpath_module
 from cvserve.models.runtime import RuntimeOptions
 from cvserve.models.store import ModelStore
@@ -149,11 +150,12 @@ def through_every_door(
         backend.close()
 
     store = ModelStore(store_dir, RuntimeOptions(lanes=1, threads_per_lane=1))
-    engine = Engine(settings, store)
+    engine = LocalEngine(settings, store)
     try:
         model = store.get(model_id)
         params, render = parse_hosted(QUERY, model.task)
-        answers["engine (bench)"] = engine.infer_now(model, PHOTO, params, render).body
+        answer = engine.infer_now(model, PHOTO, params, HostedEncoder(render))
+        answers["engine (bench)"] = answer.body
     finally:
         engine.close()
         store.close()

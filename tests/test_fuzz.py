@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from cvserve.engine import LocalEngine
 from cvserve.errors import CVServeError
 from cvserve.http.app import build_state, create_app
 from cvserve.images import decode_base64, decode_image, sniff
@@ -152,7 +153,7 @@ def app(tmp_path_factory: pytest.TempPathFactory):  # -> FastAPI
         max_image_side=4_000,
     )
     store = ModelStore(root, RuntimeOptions(lanes=1, threads_per_lane=1))
-    return create_app(cfg, build_state(cfg, store=store))
+    return create_app(cfg, build_state(cfg, engine=LocalEngine(cfg, store)))
 
 
 @pytest.fixture(scope="module")

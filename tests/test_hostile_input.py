@@ -19,6 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from cvserve.engine import LocalEngine
 from cvserve.errors import PayloadTooLarge
 from cvserve.http.app import build_state, create_app
 from cvserve.images import decode_image
@@ -439,7 +440,7 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def client(models_dir: Path) -> Iterator[TestClient]:
     settings = _settings(models_dir)
     store = ModelStore(models_dir, RuntimeOptions(lanes=1, threads_per_lane=1))
-    app = create_app(settings, build_state(settings, store=store))
+    app = create_app(settings, build_state(settings, engine=LocalEngine(settings, store)))
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
 

@@ -216,3 +216,40 @@ def test_only_the_ray_package_imports_ray() -> None:
 def test_only_the_postgres_store_imports_psycopg() -> None:
     users = sorted(m for m in graph() if "psycopg" in external(m))
     assert users and all(m.startswith("cvserve.jobs.p") for m in users), users
+
+
+def _attribute_uses(layer: str, name: str) -> list[str]:
+    """`x.name` anywhere in the layer's modules, as file:line."""
+    hits = []
+    for module, (path, _) in sorted(modules().items()):
+        if not in_layer(module, layer):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Attribute) and node.attr == name:
+                hits.append(f"{path.relative_to(SRC)}:{node.lineno}")
+    return hits
+
+
+def test_doors_reach_models_only_through_the_engine_contract() -> None:
+    """http/ asks the engine (EngineAPI), never the model store: under Ray the ingress's
+    store holds nothing, so a door reading it would describe an empty server."""
+    direct = sorted(
+        f"{m} imports {name}"
+        for m in graph()
+        if in_layer(m, "cvserve.http")
+        for name in _imported(m)
+        if _owner(name) in ("cvserve.models.store", "cvserve.engine.residency")
+    )
+    assert not direct, direct
+    for attr in ("store", "residency", "admission", "lanes"):
+        assert not _attribute_uses("cvserve.http", attr), (
+            attr,
+            _attribute_uses("cvserve.http", attr),
+        )
+
+
+def test_the_engine_imports_no_wire_format() -> None:
+    """The engine returns typed results; a door picks the wire encoder."""
+    assert not violations("cvserve.engine", ("cvserve.wire",), ()), violations(
+        "cvserve.engine", ("cvserve.wire",), ()
+    )

@@ -42,7 +42,7 @@ def test_config_file_is_a_valid_serve_config_for_the_builder(tmp_path: Path) -> 
     args.update(models_dir=str(tmp_path / "models"), data_dir=str(tmp_path / "data"))
     built = app(args)
     names = deployment_names(built)
-    assert names == {"ingress", "models", "jobs"}
+    assert names == {"ingress", "models", "directory", "jobs"}
     assert {d.name for d in application.deployments} <= names
 
 
@@ -56,7 +56,7 @@ def test_builder_sizes_the_model_replicas_from_settings(tmp_path: Path) -> None:
     assert bound(fixed, 1)._bound_deployment.num_replicas == 2
     assert bound(fixed, 1)._bound_deployment._deployment_config.autoscaling_config is None
     none = app({"data_dir": str(tmp_path), "ray_job_replicas": "0"})
-    assert bound(none, 2) is None
+    assert bound(none, 3) is None  # (settings, models, directory, jobs)
 
 
 def test_a_replica_runs_one_single_threaded_lane_per_cpu_of_its_share(tmp_path: Path) -> None:

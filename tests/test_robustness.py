@@ -21,6 +21,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from cvserve.engine import LocalEngine
 from cvserve.errors import TooManyRequests
 from cvserve.http.app import build_state, create_app
 from cvserve.http.ratelimit import RateLimiter
@@ -75,7 +76,7 @@ def make_app(models_dir: Path, **overrides: Any):  # -> FastAPI
     fields.update(overrides)
     settings = Settings(**fields)
     store = ModelStore(models_dir, RuntimeOptions(lanes=1, threads_per_lane=1))
-    return create_app(settings, build_state(settings, store=store))
+    return create_app(settings, build_state(settings, engine=LocalEngine(settings, store)))
 
 
 @pytest.fixture

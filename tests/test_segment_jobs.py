@@ -221,7 +221,7 @@ def test_second_job_on_the_same_file_hits_the_embedding_cache(client: TestClient
     for x in (0.2, 0.6):
         job = submit(client, {"items": [{"fileId": f["id"]}], "points": [{"x": x, "y": 0.5}]})
         assert wait_done(client, job["jobId"])[0]["status"] == "Completed"
-    model = client.app.state.cvserve.store.loaded(MODEL_ID)
+    model = client.app.state.cvserve.engine.store.loaded(MODEL_ID)
     assert (model.cache.misses, model.cache.hits) == (1, 1)
     # New content under the same id must not reuse the old embedding.
     client.put(f"{P}/files/{f['id']}/content", content=png(seed=3))
@@ -394,7 +394,7 @@ def test_second_prompt_on_the_same_file_is_5x_faster(client: TestClient) -> None
         out = r.json()
         assert out["cached"] is (x != 0.2)
         times.append(out["time"])  # measured in the server: no HTTP noise
-    model = client.app.state.cvserve.store.loaded("heavy/1")
+    model = client.app.state.cvserve.engine.store.loaded("heavy/1")
     assert (model.cache.misses, model.cache.hits) == (2, 3)
     first, again = times[0], float(np.median(times[1:]))
     assert first >= 5 * again, f"first {first * 1000:.1f} ms, cached {again * 1000:.1f} ms"

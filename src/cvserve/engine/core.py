@@ -1,14 +1,15 @@
-"""The Engine: every door's way to a model, with no HTTP in it.
+"""LocalEngine: the engine contract (`engine.contract.EngineAPI`) answered in this process.
 
 It owns model lookup and loading (off the request threads, within the model budget of
 `residency`, preloads pinned), the per-model admission bound,
-each model's lanes, the request deadline with ONNX Runtime cancellation, the metrics
+each model's lanes, the request deadline with ONNX Runtime cancellation, the event
 listeners, and the one decode -> preprocess -> predict -> render path.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import logging
@@ -20,10 +21,11 @@ from typing import Any, TypeVar
 import numpy as np
 
 from cvserve.engine import pipeline, promptable
-from cvserve.engine.admission import Admission, Listener
+from cvserve.engine.admission import Admission
+from cvserve.engine.contract import EngineListener, LoadedModel, Readiness
 from cvserve.engine.deadline import time_left
 from cvserve.engine.lanes import Lanes
-from cvserve.engine.pipeline import Rendered
+from cvserve.engine.pipeline import Encoder
 from cvserve.engine.promptable import Prompt, PromptResult
 from cvserve.engine.residency import Budget, Residency
 from cvserve.errors import BadRequest, DeadlineExceeded, ModelNotFound, Overloaded
@@ -31,10 +33,8 @@ from cvserve.images import decode_image
 from cvserve.models.base import InferParams, Model, ModelInfo
 from cvserve.models.ids import parse_model_id
 from cvserve.models.manifest import info_from_manifest
-from cvserve.models.promptable import PromptableModel
 from cvserve.models.runtime import alone_hint, new_run_options, run_options
-from cvserve.models.store import ModelStore
-from cvserve.params import RenderOptions
+from cvserve.models.store import LoadStats, ModelStore
 from cvserve.settings import Settings
 
 T = TypeVar("T")
@@ -44,7 +44,9 @@ log = logging.getLogger("cvserve.engine")
 BUSY_WAIT_S = 5.0
 
 
-class Engine:
+class LocalEngine:
+    """The models of one process's store, run on its lanes (see the module's docstring)."""
+
     def __init__(self, settings: Settings, store: ModelStore) -> None:
         self.settings = settings
         self.store = store
@@ -55,19 +57,50 @@ class Engine:
         budget = Budget(settings.max_loaded_models, settings.model_memory_mb * 2**20)
         self.residency = Residency(store, self.admission, budget)
         self._preloads: dict[str, Future[Model]] = {}
+        self._listeners: list[EngineListener] = []
 
-    def add_listener(self, listener: Listener) -> None:
-        """Called once per admitted image: (model_id, outcome, queued_s, run_s)."""
-        self.admission.listeners.append(listener)
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LocalEngine:
+        """Over the settings' model store, with their runtime options."""
+        return cls(settings, ModelStore(settings.store_dir, settings.runtime_options()))
+
+    # -- events --------------------------------------------------------------------------
+    def subscribe(self, listener: EngineListener) -> None:
+        if not self._listeners:  # the first one: hook the parts that report
+            self.admission.listeners.append(self._inference)
+            self.store.load_listeners.append(self._loaded)
+            self.residency.evict_listeners.append(self._evicted)
+        self._listeners.append(listener)
+
+    def _inference(self, model_id: str, outcome: str, queued_s: float, run_s: float) -> None:
+        self._tell(lambda x: x.inference(model_id, outcome, queued_s, run_s))
+
+    def _loaded(self, model_id: str, stats: LoadStats) -> None:
+        self._tell(lambda x: x.loaded(model_id, stats.seconds))
+
+    def _evicted(self, model_id: str) -> None:
+        self._tell(lambda x: x.evicted(model_id))
+
+    def _tell(self, event: Callable[[EngineListener], None]) -> None:
+        for listener in list(self._listeners):
+            with contextlib.suppress(Exception):  # a listener never fails the call
+                event(listener)
+
+    def activity(self) -> dict[str, tuple[int, int]]:
+        return self.admission.snapshot()
 
     def close(self) -> None:
         self.lanes.close()
         self._loader.shutdown(wait=False, cancel_futures=True)
+        self.store.close()
 
     def time_left(self) -> float:
         return time_left(self.settings.request_timeout_s)
 
     # -- models --------------------------------------------------------------------------
+    def models(self) -> list[ModelInfo]:
+        return self.store.infos()
+
     def model_info(self, model_id: str) -> ModelInfo:
         """Cheap metadata without loading the model (404 if it is not in the store)."""
         loaded = self.store.loaded(model_id)
@@ -106,6 +139,35 @@ class Engine:
                 f"{self.settings.request_timeout_s:g} s; retry shortly"
             ) from None
 
+    async def load(self, model_id: str) -> None:
+        await self.model(model_id)
+
+    async def unload(self, model_id: str) -> bool:
+        return self.unload_now(model_id)
+
+    async def clear(self) -> None:
+        for model_id in self.store.loaded_ids():
+            self.unload_now(model_id)
+
+    def unload_now(self, model_id: str) -> bool:
+        """Unloads it on this thread, pinned or not: the operator (or Serve's model cache,
+        on a Ray replica) asked for it by name."""
+        return self.residency.unload(model_id)
+
+    async def loaded(self) -> list[LoadedModel]:
+        pinned = self.residency.pinned
+        out = []
+        for model_id in sorted(self.store.loaded_ids()):
+            stats = self.store.stats.get(model_id)
+            seconds, size = (stats.seconds, stats.resident_bytes) if stats else (0.0, 0)
+            out.append(LoadedModel(model_id, size, seconds, model_id in pinned))
+        return out
+
+    async def pin(self, model_id: str) -> None:
+        """Load the model and keep it loaded whatever the budget (a Ray replica's preload)."""
+        load = functools.partial(self.residency.load, model_id, pin=True)
+        await asyncio.get_running_loop().run_in_executor(self._loader, load)
+
     def preload(self, model_ids: tuple[str, ...]) -> None:
         """Load these models in the background (loader threads) and pin them."""
         for model_id in model_ids:
@@ -115,9 +177,9 @@ class Engine:
                 future.add_done_callback(functools.partial(_log_preload, model_id))
                 self._preloads[model_id] = future
 
-    def preload_status(self) -> tuple[list[str], dict[str, str]]:
-        """(models still loading, model -> why its preload failed)."""
-        loading, failed = [], {}
+    def readiness(self) -> Readiness:
+        loading: list[str] = []
+        failed: dict[str, str] = {}
         for model_id, future in self._preloads.items():
             if not future.done():
                 loading.append(model_id)
@@ -125,34 +187,24 @@ class Engine:
                 failed[model_id] = "cancelled (the server is stopping)"
             elif (error := future.exception()) is not None:
                 failed[model_id] = getattr(error, "message", None) or repr(error)
-        return loading, failed
+        return Readiness(tuple(loading), failed)
 
     # -- the doors' calls ----------------------------------------------------------------
     async def infer(
-        self,
-        model_id: str,
-        source: bytes | np.ndarray,
-        params: InferParams,
-        render: RenderOptions,
-    ) -> Rendered:
+        self, model_id: str, source: bytes | np.ndarray, params: InferParams, encoder: Encoder[T]
+    ) -> T:
         """One image through the model, admitted, on its lanes, within the deadline."""
         model = await self.model(model_id)
         return await self.run(
-            model_id, pipeline.infer, model, source, params, render, self.settings
+            model_id, pipeline.infer, model, source, params, self.settings, encoder
         )
 
     def infer_now(
-        self,
-        model: Model,
-        source: bytes | np.ndarray,
-        params: InferParams,
-        render: RenderOptions,
-        *,
-        keep_pixels: bool = False,
-    ) -> Rendered:
+        self, model: Model, source: bytes | np.ndarray, params: InferParams, encoder: Encoder[T]
+    ) -> T:
         """The same path on the caller's thread, for in-process callers with their own
         concurrency (the predict CLI, the benchmark)."""
-        return pipeline.infer(model, source, params, render, self.settings, keep_pixels=keep_pixels)
+        return pipeline.infer(model, source, params, self.settings, encoder)
 
     async def segment(
         self, model_id: str, key: str, image: Callable[[], bytes], prompt: Prompt
@@ -166,14 +218,6 @@ class Engine:
             model_id, promptable.segment, model, key, self._decoder(image), prompt
         )
 
-    def segment_now(
-        self, model_id: str, key: str, image: Callable[[], bytes], prompt: Prompt
-    ) -> PromptResult:
-        """The same on the caller's thread (the job workers): loads the model if needed."""
-        with self.residency.hold(model_id):  # not unloaded under the budget meanwhile
-            model = self.promptable_model(model_id)
-            return promptable.segment(model, key, self._decoder(image), prompt)
-
     def _decoder(self, image: Callable[[], bytes]) -> Callable[[], np.ndarray]:
         limits = self.settings
 
@@ -183,11 +227,6 @@ class Engine:
             )
 
         return decoded
-
-    def promptable_model(self, model_id: str) -> PromptableModel:
-        """The model loaded on this thread, checked to be promptable (400 if not)."""
-        model = self.residency.load(model_id, wait_s=BUSY_WAIT_S)
-        return promptable.promptable(model, model_id)
 
     async def run(self, model_id: str, fn: Callable[..., T], *args: Any) -> T:
         """fn(*args) on the model's lanes, admitted by the gate, within the deadline. Past

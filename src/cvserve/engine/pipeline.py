@@ -1,62 +1,60 @@
-"""The one inference path every door takes: decode -> predict -> render.
+"""The one inference path every door takes: decode -> predict -> the door's encoder.
 
 It runs on the caller's thread (a model's lane, the predict CLI's pool, the benchmark);
-admission, lanes and deadlines are the engine's business around it.
+admission, lanes and deadlines are the engine's business around it. The engine returns
+what the door's encoder makes of the typed result, and knows no wire format itself: the
+encoder runs here, on the lane (off the event loop), and on Ray in the model replica, so
+only its answer travels back.
 """
 
 from __future__ import annotations
 
-import base64
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol, TypeVar
 
 import numpy as np
 
 from cvserve.engine.decode import decode
 from cvserve.models.base import InferParams, Model
-from cvserve.params import RenderOptions
-from cvserve.render.annotate import annotated_jpeg
 from cvserve.results import Prediction
 from cvserve.settings import Settings
-from cvserve.wire.hosted import prediction_json
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
 
-@dataclass
-class Rendered:
-    """One image's answer: the hosted JSON and/or the annotated JPEG, as `render` asked."""
+@dataclass(frozen=True)
+class Inference:
+    """One image's typed result, handed to the door's encoder."""
 
-    prediction: Prediction
-    body: dict[str, Any] | None = None  # format json / image_and_json
-    jpeg: bytes | None = None  # format image / image_and_json
-    image: np.ndarray | None = None  # the photo's pixels, when the caller asked to keep them
+    prediction: Prediction  # in the photo's own pixels
+    params: InferParams
+    started: float  # time.perf_counter() when the image's work began
+    pixels: np.ndarray | None  # the photo, RGB at its own size, when the encoder needs it
+
+
+class Encoder(Protocol[T_co]):
+    """Turns an Inference into a door's answer (hosted JSON, an annotated JPEG, ...)."""
+
+    @property
+    def needs_pixels(self) -> bool:
+        """Whether `encode` draws on the photo (the decoded pixels are then kept)."""
+        ...
+
+    def encode(self, inference: Inference) -> T_co: ...
 
 
 def infer(
     model: Model,
     source: bytes | np.ndarray,
     params: InferParams,
-    render: RenderOptions,
     settings: Settings,
-    *,
-    keep_pixels: bool = False,
-) -> Rendered:
-    """Decode, predict and render one image, as the hosted route answers it."""
-    t0 = time.perf_counter()
-    draw = render.format != "json"
+    encoder: Encoder[T],
+) -> T:
+    """Decode and predict one image, then encode it as the door asked."""
+    started = time.perf_counter()
     decoded = decode(model, source, params, settings)
     prediction = decoded.predict(model, params)
-    image = decoded.full_size() if draw or keep_pixels else None
-    jpeg = annotated_jpeg(image, prediction, params, render) if draw and image is not None else None
-    body = None
-    if render.format != "image":
-        body = prediction_json(
-            prediction,
-            render,
-            confidence=params.confidence,
-            keypoint_confidence=params.keypoint_confidence,
-            elapsed_s=time.perf_counter() - t0,
-        )
-        if jpeg is not None:
-            body["visualization"] = base64.b64encode(jpeg).decode("ascii")
-    return Rendered(prediction, body, jpeg, image if keep_pixels else None)
+    pixels = decoded.full_size() if encoder.needs_pixels else None
+    return encoder.encode(Inference(prediction, params, started, pixels))

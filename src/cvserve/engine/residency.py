@@ -205,6 +205,14 @@ class Residency:
                 return  # all in use: the next load makes room, or waits
             self._evict(idle[0], reason=f"after loading {keep}")
 
+    def unload(self, model_id: str) -> bool:
+        """Unload on request (`/model/remove`): unpinned and forgotten, in use or not (its
+        running requests keep the sessions they hold until they finish)."""
+        with self._lock:
+            self._pinned.discard(model_id)
+            self._recent.pop(model_id, None)
+        return self.store.unload(model_id)
+
     def _evict(self, model_id: str, *, reason: str) -> None:
         if not self.store.unload(model_id):
             return

@@ -49,7 +49,6 @@ def create_app(settings: Settings, state: AppState | None = None) -> FastAPI:
             except Exception:
                 log.exception("stopping the job workers failed")
             await asyncio.to_thread(state.engine.close)
-            state.store.close()
 
     app = FastAPI(
         title="cvserve",

@@ -18,6 +18,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from cvserve.encoders import HostedEncoder
 from cvserve.http.errors import classify, hosted_response
 from cvserve.http.inputs import image_from_request
 from cvserve.http.openapi import HOSTED_GET, HOSTED_POST
@@ -38,7 +39,7 @@ def make_handler(state: AppState) -> Handler:
         info = engine.model_info(model_id)
         params, render = parse_hosted(request.query_params, info.task)
         data = await image_from_request(request, state)
-        rendered = await engine.infer(model_id, data, params, render)
+        rendered = await engine.infer(model_id, data, params, HostedEncoder(render))
         if render.format == "image":
             return Response(rendered.jpeg, media_type="image/jpeg")
         return json_response(rendered.body)

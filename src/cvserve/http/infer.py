@@ -11,6 +11,8 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from cvserve.encoders import HostedEncoder
+from cvserve.engine import EngineAPI, LoadedModel
 from cvserve.errors import BadRequest, ModelNotFound
 from cvserve.http.body import read_json_object
 from cvserve.http.inputs import fetch_url
@@ -104,10 +106,12 @@ def _model_id(body: dict[str, Any]) -> str:
     return model_id
 
 
-def _registry(state: AppState) -> dict[str, Any]:
+async def _registry(engine: EngineAPI) -> dict[str, Any]:
+    """The official SDK's view: the loaded models, each with its task and input size."""
+    held = {m.model_id for m in await engine.loaded()}
     models = []
-    for info in state.store.infos():
-        if state.store.loaded(info.model_id) is None:
+    for info in engine.models():
+        if info.model_id not in held:
             continue
         models.append(
             {
@@ -121,14 +125,14 @@ def _registry(state: AppState) -> dict[str, Any]:
     return {"models": models}
 
 
-def _listed(state: AppState, info: ModelInfo) -> dict[str, Any]:
+def _listed(info: ModelInfo, held: dict[str, LoadedModel]) -> dict[str, Any]:
     """A /models entry; a loaded model's also says what its load took (time, memory)."""
-    entry = dict(info.as_dict(), loaded=state.store.loaded(info.model_id) is not None)
-    stats = state.store.stats.get(info.model_id)
-    if entry["loaded"] and stats is not None:
-        entry["load_seconds"] = round(stats.seconds, 4)
-        entry["resident_bytes"] = stats.resident_bytes
-        entry["pinned"] = info.model_id in state.engine.residency.pinned
+    entry = dict(info.as_dict(), loaded=info.model_id in held)
+    loaded = held.get(info.model_id)
+    if loaded is not None:
+        entry["load_seconds"] = round(loaded.load_seconds, 4)
+        entry["resident_bytes"] = loaded.resident_bytes
+        entry["pinned"] = loaded.pinned
     return entry
 
 
@@ -165,9 +169,9 @@ def build_router(state: AppState) -> APIRouter:
             raise BadRequest(f"send between 1 and {MAX_IMAGES_PER_REQUEST} images per request")
         payloads = [await _image_bytes(state, item) for item in items]
         fmt = "image_and_json" if visualize else "json"
-        render = replace(render, format=fmt)
+        encoder = HostedEncoder(replace(render, format=fmt))
         rendered = await asyncio.gather(
-            *(engine.infer(model_id, data, params, render) for data in payloads)
+            *(engine.infer(model_id, data, params, encoder) for data in payloads)
         )
         results = [r.body or {} for r in rendered]
         for answer in results:
@@ -177,14 +181,14 @@ def build_router(state: AppState) -> APIRouter:
     @router.get("/model/registry")
     async def registry(request: Request) -> Response:
         state.keys.check(request)
-        return json_response(_registry(state))
+        return json_response(await _registry(engine))
 
     @router.post("/model/add", summary="Load a model", openapi_extra={"requestBody": MODEL_ID_BODY})
     async def add(request: Request) -> Response:
         body = await read_json_object(request, state.settings.max_body_bytes)
         state.keys.check(request, body.get("api_key"))
-        await engine.model(_model_id(body))
-        return json_response(_registry(state))
+        await engine.load(_model_id(body))
+        return json_response(await _registry(engine))
 
     @router.post(
         "/model/remove", summary="Unload a model", openapi_extra={"requestBody": MODEL_ID_BODY}
@@ -192,19 +196,19 @@ def build_router(state: AppState) -> APIRouter:
     async def remove(request: Request) -> Response:
         body = await read_json_object(request, state.settings.max_body_bytes)
         state.keys.check(request, body.get("api_key"))
-        state.store.unload(_model_id(body))
-        return json_response(_registry(state))
+        await engine.unload(_model_id(body))
+        return json_response(await _registry(engine))
 
     @router.post("/model/clear")
     async def clear(request: Request) -> Response:
         state.keys.check(request)
-        for mid in state.store.ids():
-            state.store.unload(mid)
-        return json_response(_registry(state))
+        await engine.clear()
+        return json_response(await _registry(engine))
 
     @router.get("/models")
     async def list_models(request: Request) -> Response:
         state.keys.check(request)
-        return json_response({"models": [_listed(state, i) for i in state.store.infos()]})
+        held = {m.model_id: m for m in await engine.loaded()}
+        return json_response({"models": [_listed(i, held) for i in engine.models()]})
 
     return router

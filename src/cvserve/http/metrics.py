@@ -8,6 +8,7 @@ by status.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 from prometheus_client import (
@@ -19,9 +20,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from cvserve.engine import Engine
+from cvserve.engine import EngineAPI, LoadedModel
 from cvserve.jobs.service import JobsService
-from cvserve.models.store import LoadStats, ModelStore
 
 LOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -29,7 +29,10 @@ JOB_STATUSES = ("Queued", "Running", "Completed", "Failed")
 
 
 class Metrics:
-    def __init__(self, engine: Engine, store: ModelStore, jobs: JobsService) -> None:
+    """The server's metrics; it listens to the engine (an `EngineListener`)."""
+
+    def __init__(self, engine: EngineAPI, jobs: JobsService) -> None:
+        self.engine = engine
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -45,7 +48,7 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.inference = Histogram(
+        self.inference_seconds = Histogram(
             "cvserve_inference_duration_seconds",
             "Worker time per image (decode, predict, render) by model",
             ["model"],
@@ -79,39 +82,42 @@ class Metrics:
             ["model"],
             registry=r,
         )
-        r.register(_LiveGauges(engine, store, jobs))
-        engine.add_listener(self.observe_inference)
-        store.load_listeners.append(self.observe_load)
-        engine.residency.evict_listeners.append(self.observe_eviction)
+        self._gauges = _LiveGauges(engine, jobs)
+        r.register(self._gauges)
+        engine.subscribe(self)
 
-    def observe_inference(self, model_id: str, outcome: str, queued_s: float, run_s: float) -> None:
+    # -- the engine's events ---------------------------------------------------------------
+    def inference(self, model_id: str, outcome: str, queued_s: float, run_s: float) -> None:
         self.outcomes.labels(model_id, outcome).inc()
         if outcome in ("ok", "error", "deadline"):
             self.queue_wait.labels(model_id).observe(queued_s)
-            self.inference.labels(model_id).observe(run_s)
+            self.inference_seconds.labels(model_id).observe(run_s)
 
-    def observe_load(self, model_id: str, stats: LoadStats) -> None:
+    def loaded(self, model_id: str, seconds: float) -> None:
         self.loads.labels(model_id).inc()
-        self.load_seconds.labels(model_id).observe(stats.seconds)
+        self.load_seconds.labels(model_id).observe(seconds)
 
-    def observe_eviction(self, model_id: str) -> None:
+    def evicted(self, model_id: str) -> None:
         self.evictions.labels(model_id).inc()
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()
         self.latency.labels(route).observe(seconds)
 
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+    async def exposition(self) -> bytes:
+        """The scrape: what is loaded comes from the engine (on Ray, its replicas), then
+        the text is rendered off the event loop (the jobs gauge reads the database)."""
+        self._gauges.models = await self.engine.loaded()
+        return await asyncio.to_thread(generate_latest, self.registry)
 
 
 class _LiveGauges(Collector):
     """Gauges read at scrape time from the live engine, store and job queue."""
 
-    def __init__(self, engine: Engine, store: ModelStore, jobs: JobsService) -> None:
+    def __init__(self, engine: EngineAPI, jobs: JobsService) -> None:
         self.engine = engine
-        self.store = store
         self.jobs = jobs
+        self.models: list[LoadedModel] = []  # set before each scrape
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         queued = GaugeMetricFamily(
@@ -120,21 +126,21 @@ class _LiveGauges(Collector):
         running = GaugeMetricFamily(
             "cvserve_model_in_flight", "Images being processed on a worker", labels=["model"]
         )
-        for model_id, (q, r) in sorted(self.engine.admission.snapshot().items()):
+        for model_id, (q, r) in sorted(self.engine.activity().items()):
             queued.add_metric([model_id], q)
             running.add_metric([model_id], r)
         yield queued
         yield running
         loaded = GaugeMetricFamily("cvserve_models_loaded", "Models loaded in memory")
-        loaded.add_metric([], sum(1 for m in self.store.ids() if self.store.loaded(m)))
+        loaded.add_metric([], len(self.models))
         yield loaded
         resident = GaugeMetricFamily(
             "cvserve_model_resident_bytes",
             "Resident memory of each loaded model (the process's growth across its load)",
             labels=["model"],
         )
-        for model_id, size in sorted(self.engine.residency.resident().items()):
-            resident.add_metric([model_id], size)
+        for model in self.models:
+            resident.add_metric([model.model_id], model.resident_bytes)
         yield resident
         counts = self._job_counts()
         if counts is not None:

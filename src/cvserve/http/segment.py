@@ -98,6 +98,14 @@ def _decoded_and_key(image: str) -> tuple[bytes, str]:
     return data, "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+def _in_store(state: AppState, model_id: str) -> bool:
+    try:
+        state.engine.model_info(model_id)
+    except ModelNotFound:
+        return False
+    return True
+
+
 def _same(data: bytes) -> bytes:
     return data
 
@@ -116,7 +124,7 @@ def build_router(state: AppState) -> APIRouter:
         require_beta(request)
         req = parse_request(await read_json(request))
         mid = req.model or DEFAULT_MODEL
-        if req.model is not None and not state.store.exists(req.model):
+        if req.model is not None and not _in_store(state, req.model):
             raise PlatformError(400, f"model {req.model} is not in the model store")
         ref = req.items[0].model_dump(exclude_none=True)
 
@@ -177,7 +185,7 @@ def build_router(state: AppState) -> APIRouter:
         body = parse(SyncSegment, raw)
         check_prompt(body.points, body.boundingBox, normalised=not body.pixels)
         mid = body.model or DEFAULT_MODEL
-        if not state.store.exists(mid):
+        if not _in_store(state, mid):
             raise ModelNotFound(f"model {mid} is not in the model store")
         t0 = time.perf_counter()
         if body.image is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 from fastapi import APIRouter
@@ -35,7 +34,8 @@ def build_router(state: AppState) -> APIRouter:
         '`{"status": "ready"}` after; no API key.',
     )
     async def readiness() -> Response:
-        loading, failed = state.engine.preload_status()
+        ready = state.engine.readiness()
+        loading, failed = ready.loading, dict(ready.failed)
         waiting = [f"models: {', '.join(loading)}"] if loading else []
         if not state.jobs_ready.is_set():
             waiting.append("job store")
@@ -53,8 +53,7 @@ def build_router(state: AppState) -> APIRouter:
     @router.get("/metrics", summary="Prometheus metrics")
     async def prometheus_metrics(request: Request) -> Response:
         state.keys.check(request)
-        # Off the event loop: the jobs gauge reads SQLite, which may wait on a writer.
-        body = await asyncio.to_thread(state.metrics.exposition)
+        body = await state.metrics.exposition()
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     return router

@@ -9,21 +9,25 @@ item; the job then ends Failed with `failedItems`, never with a server error.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from cvserve.engine.promptable import Prompt
-from cvserve.errors import BadRequest, CVServeError
+from cvserve.engine.deadline import reset_deadline, start_deadline
+from cvserve.engine.promptable import Prompt, PromptResult
+from cvserve.errors import BadRequest, CVServeError, Overloaded
 from cvserve.jobs.files import FileMeta
 from cvserve.jobs.polygons import segments_json
 from cvserve.jobs.queue import Job
 from cvserve.jobs.stores import FilesStore
 from cvserve.jobs.workers import Outcome
 from cvserve.settings import Settings
+from cvserve.tasks import Task
 
 if TYPE_CHECKING:
-    from cvserve.engine import Engine
+    from cvserve.engine import EngineAPI
 
 KIND = "segment"
 DEFAULT_MODEL = "mobilesam/1"
@@ -142,8 +146,16 @@ def item_ref(ref: dict[str, Any], meta: FileMeta | None = None) -> dict[str, Any
 
 
 # -- the job handler ---------------------------------------------------------------------
+# A job waits this long for its model's admission (busy with synchronous prompts) before
+# it fails: a queued job is worth more than a 503.
+BUSY_RETRY_S = 60.0
+
+
 class SegmentHandler:
-    def __init__(self, engine: Engine, files: FilesStore, settings: Settings) -> None:
+    """Runs a job on its worker thread through the engine's front door (`segment`): the
+    same admission, lanes, deadline and metrics as a synchronous prompt."""
+
+    def __init__(self, engine: EngineAPI, files: FilesStore, settings: Settings) -> None:
         self.engine = engine
         self.files = files
         self.settings = settings
@@ -159,7 +171,7 @@ class SegmentHandler:
         assert meta is not None
         model_id = p.get("model") or DEFAULT_MODEL
         try:
-            self.engine.promptable_model(model_id)  # loads it, or says why not
+            self._check_model(model_id)  # loads it, or says why not
         except CVServeError as e:
             return _failed(item, f"model {model_id} is unavailable: {e.message}")
 
@@ -169,13 +181,43 @@ class SegmentHandler:
         points = [Point.model_validate(x) for x in p.get("points") or []]
         box = BoundingBox.model_validate(p["boundingBox"]) if p.get("boundingBox") else None
         try:
-            res = self.engine.segment_now(model_id, meta.cache_key, load, prompt_of(points, box))
+            res = self._segment(model_id, meta.cache_key, load, prompt_of(points, box))
         except FileNotFoundError:
             return _failed(item, "file content is missing from the server's storage")
         except CVServeError as e:
             return _failed(item, f"cannot segment the file: {e.message}")
         segments = segments_json(res.mask, res.score)
         return Outcome(result={"items": [{**item, "segments": segments}]})
+
+    def _check_model(self, model_id: str) -> None:
+        if self.engine.model_info(model_id).task is not Task.PROMPTABLE_SEGMENTATION:
+            raise BadRequest(f"model {model_id} is not a promptable (SAM) segmentation model")
+        self._call(lambda: self.engine.load(model_id))
+
+    def _segment(self, model_id: str, key: str, load: Any, prompt: Prompt) -> PromptResult:
+        result: PromptResult = self._call(lambda: self.engine.segment(model_id, key, load, prompt))
+        return result
+
+    def _call(self, call: Any) -> Any:
+        """call() on this worker thread's own event loop, within the request deadline; a
+        busy model (503) is retried with backoff for BUSY_RETRY_S before the job fails."""
+        give_up = time.monotonic() + BUSY_RETRY_S
+        pause = 0.05
+        while True:
+            try:
+                return asyncio.run(self._within_deadline(call))
+            except Overloaded:
+                if time.monotonic() + pause > give_up:
+                    raise
+                time.sleep(pause)
+                pause = min(1.0, pause * 2)
+
+    async def _within_deadline(self, call: Any) -> Any:
+        token = start_deadline(self.settings.request_timeout_s)
+        try:
+            return await call()
+        finally:
+            reset_deadline(token)
 
 
 def _failed(item: dict[str, Any], message: str) -> Outcome:

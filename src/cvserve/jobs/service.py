@@ -20,14 +20,14 @@ from cvserve.jobs.workers import WorkerPool
 from cvserve.settings import Settings
 
 if TYPE_CHECKING:
-    from cvserve.engine import Engine
+    from cvserve.engine import EngineAPI
 
 
 class JobsService:
     def __init__(
         self,
         settings: Settings,
-        engine: Engine,
+        engine: EngineAPI,
         *,
         lease_ms: int | None = None,  # None: settings.job_lease_s
         poll_s: float = 1.0,

@@ -59,7 +59,7 @@ class LocalBackend(Backend):
     engine path the server answers with (decode policy, predict, hosted JSON)."""
 
     def __init__(self, opts: PredictOptions, lanes: int, settings: Settings | None = None) -> None:
-        from cvserve.engine import Engine
+        from cvserve.engine import LocalEngine
         from cvserve.errors import CVServeError
         from cvserve.models.store import ModelStore
         from cvserve.params import parse_hosted
@@ -72,7 +72,7 @@ class LocalBackend(Backend):
             settings.store_dir,
             settings.runtime_options(lanes=lanes, threads_per_lane=threads, wide_threads=0),
         )
-        self.engine = Engine(settings, self.store)
+        self.engine = LocalEngine(settings, self.store)
         try:
             if not self.store.exists(opts.model_id):
                 raise PredictError(
@@ -91,12 +91,12 @@ class LocalBackend(Backend):
     def predict(self, path: Path, name: str) -> tuple[dict[str, Any], Callable[[Path], None]]:
         from dataclasses import replace
 
+        from cvserve.encoders import HostedEncoder
         from cvserve.render.annotate import annotate
 
         render = replace(self.render, format="json", image_name=name)
-        rendered = self.engine.infer_now(
-            self.model, path.read_bytes(), self.params, render, keep_pixels=True
-        )
+        encoder = HostedEncoder(render, keep_pixels=True)
+        rendered = self.engine.infer_now(self.model, path.read_bytes(), self.params, encoder)
         image, prediction = rendered.image, rendered.prediction
         assert image is not None and rendered.body is not None
 

@@ -1,5 +1,6 @@
-"""The Serve application: an ingress (the same FastAPI doors), model replicas multiplexed
-by model id, and job-worker replicas, all sized from one Settings object."""
+"""The Serve application: an ingress (the same FastAPI doors over a RayEngine), model
+replicas multiplexed by model id, their directory, and job-worker replicas, all sized from
+one Settings object."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from ray.serve.handle import DeploymentHandle
 from cvserve.http.app import create_app
 from cvserve.http.state import AppState, build_state
 from cvserve.models.store import ModelStore
-from cvserve.ray.remote import RemoteEngine
+from cvserve.ray.directory import Directory
+from cvserve.ray.engine import RayEngine
 from cvserve.ray.replicas import JobReplica, ModelReplica, _Held
 from cvserve.settings import Settings
 
@@ -24,14 +26,18 @@ class Ingress:
     engine forwards inference and prompts to the model replicas."""
 
     def __init__(
-        self, settings: dict[str, Any], models: DeploymentHandle, jobs: DeploymentHandle | None
+        self,
+        settings: dict[str, Any],
+        models: DeploymentHandle,
+        directory: DeploymentHandle,
+        jobs: DeploymentHandle | None,
     ) -> None:
         # Job workers run in their own replicas; this one only submits and reads jobs.
         self.settings = Settings(**settings).with_overrides(job_workers=0)
-        store = ModelStore(self.settings.store_dir)
+        catalogue = ModelStore(self.settings.store_dir)
         replicas = max(self.settings.ray_model_replicas, self.settings.ray_max_replicas)
-        engine = RemoteEngine(self.settings, store, models, replicas)
-        self.state: AppState = build_state(self.settings, store=store, engine=engine)
+        engine = RayEngine(self.settings, catalogue, models, directory, replicas)
+        self.state: AppState = build_state(self.settings, engine=engine)
         self.jobs = jobs  # held so the job replicas belong to this application
 
     def __serve_build_asgi_app__(self) -> Any:
@@ -52,7 +58,10 @@ def _scaling(settings: Settings) -> dict[str, Any]:
 
 
 def build_app(settings: Settings) -> Application:
+    # Serve's own cache of models per replica is kept within the model budget's count.
     per_replica = max(1, settings.ray_models_per_replica)
+    if settings.max_loaded_models > 0:
+        per_replica = min(per_replica, settings.max_loaded_models)
     lanes = max(1, round(settings.ray_replica_cpus))
 
     class Models(ModelReplica):
@@ -61,6 +70,12 @@ def build_app(settings: Settings) -> Application:
             return await self._hold(model_id)
 
     config = settings.model_dump(mode="json")
+    directory = serve.deployment(
+        name="directory",
+        num_replicas=1,
+        ray_actor_options={"num_cpus": 0},
+        max_ongoing_requests=10_000,  # each model replica keeps a long poll open
+    )(Directory).bind()
     models = serve.deployment(
         name="models",
         ray_actor_options={"num_cpus": settings.ray_replica_cpus},
@@ -72,7 +87,7 @@ def build_app(settings: Settings) -> Application:
         health_check_timeout_s=10,
         graceful_shutdown_timeout_s=5,
         **_scaling(settings),
-    )(Models).bind(config)
+    )(Models).bind(config, directory)
     jobs = None
     if settings.ray_job_replicas > 0 and settings.job_workers > 0:
         jobs = serve.deployment(
@@ -87,7 +102,7 @@ def build_app(settings: Settings) -> Application:
         ray_actor_options={"num_cpus": 0},
         max_ongoing_requests=1000,  # the doors bound themselves (admission, 503)
     )(serve.ingress()(Ingress))
-    return ingress.bind(config, models, jobs)
+    return ingress.bind(config, models, directory, jobs)
 
 
 def app(args: dict[str, str]) -> Application:
