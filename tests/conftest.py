@@ -5,6 +5,7 @@
 - `make_client(store, **settings)` (fixture) gives a started TestClient over that store;
   keyword arguments override Settings fields (api_keys, max_body_bytes, ...).
 - With CI=true a skip of a headline feature's test is a failure (tests/strict_skips.py).
+- The tests on the Ray engine run last (tests/engines.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,14 @@ from cvserve.models.importers import import_model
 from cvserve.models.runtime import RuntimeOptions
 from cvserve.models.store import ModelStore
 from cvserve.settings import Settings
+from tests.engines import (  # noqa: F401 - fixtures for every module
+    ON_RAY,
+    engine_store,
+    local_clients_server,
+    local_engine_server,
+    ray_cluster,
+    ray_engine_server,
+)
 from tests.postgres_server import pg_url, postgres  # noqa: F401 - fixtures for every module
 from tests.strict_skips import (  # noqa: F401 - hooks, found by name in this conftest
     pytest_make_collect_report,
@@ -104,3 +113,13 @@ def packages():  # noqa: ANN201 - PackageCache, imported lazily
     from tests.zoo_cache import cache_root
 
     return PackageCache(cache_root() / "packages")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests that use the session's Ray cluster run last, in their order: the cluster
+    starts once, and the rest of the suite never shares the cores with it."""
+
+    def on_ray(item: pytest.Item) -> bool:
+        return ON_RAY in item.nodeid or "ray_engine_server" in getattr(item, "fixturenames", ())
+
+    items.sort(key=on_ray)  # stable: each group keeps its order

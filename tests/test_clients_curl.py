@@ -19,16 +19,15 @@ from typing import Any
 
 import pytest
 
-from tests.official_clients import acquire_server, release_server, strip_volatile
+from tests.engines import ENGINES, clients_server
+from tests.official_clients import strip_volatile
 
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture(scope="session")  # one server for all client modules (refcounted)
-def server():
-    srv = acquire_server()
-    yield srv
-    release_server()
+@pytest.fixture(scope="module", params=ENGINES)  # the local engine, then Ray's
+def server(request):
+    return clients_server(request, request.param)
 
 
 @pytest.fixture(scope="module")

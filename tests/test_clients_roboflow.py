@@ -23,11 +23,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.engines import ENGINES, clients_server
 from tests.official_clients import (
     IMAGE_SIZE,
-    acquire_server,
     clients_python,
-    release_server,
     run_driver,
     strip_volatile,
 )
@@ -35,11 +34,9 @@ from tests.official_clients import (
 pytestmark = pytest.mark.timeout(400)
 
 
-@pytest.fixture(scope="session")  # one server for all client modules (refcounted)
-def server():
-    srv = acquire_server()
-    yield srv
-    release_server()
+@pytest.fixture(scope="module", params=ENGINES)  # the local engine, then Ray's
+def server(request):
+    return clients_server(request, request.param)
 
 
 @pytest.fixture(scope="module")

@@ -17,11 +17,10 @@ from typing import Any
 
 import pytest
 
+from tests.engines import ENGINES, clients_server
 from tests.official_clients import (
     IMAGE_SIZE,
-    acquire_server,
     clients_python,
-    release_server,
     run_driver,
     strip_volatile,
 )
@@ -32,11 +31,9 @@ V1_MODELS = ["det/1", "seg/1", "pose/1", "cls/1", "mcls/1"]
 ALL_MODELS = [*V1_MODELS, "sem/1"]
 
 
-@pytest.fixture(scope="session")  # one server for all client modules (refcounted)
-def server():
-    srv = acquire_server()
-    yield srv
-    release_server()
+@pytest.fixture(scope="module", params=ENGINES)  # the local engine, then Ray's
+def server(request):
+    return clients_server(request, request.param)
 
 
 @pytest.fixture(scope="module")

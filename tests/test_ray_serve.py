@@ -1,4 +1,4 @@
-"""cvserve on Ray Serve, on a real two-node local Ray cluster (`ray.cluster_utils.Cluster`):
+"""cvserve on Ray Serve, on the session's real two-node local Ray cluster (tests/engines.py):
 `cvserve serve --ray ADDRESS` joins it and answers like `cvserve serve` (the hosted route in
 its body forms and formats, /infer for the official SDK, the SDK, the jobs API, keys and
 errors); a model replica killed under load means only 200s and honest 503s, and the replica
@@ -22,75 +22,33 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="Ray Serve is not installed: pip install 'cvserve[ray]'")
 
-from ray.cluster_utils import Cluster  # noqa: E402
-
 import cvserve  # noqa: E402
 from tests.answers import strip  # noqa: E402
-from tests.conftest import add_model  # noqa: E402
-from tests.live_server import LiveServer, serve_subprocess, stop  # noqa: E402
+from tests.engines import KEY, Served  # noqa: E402
+from tests.live_server import LiveServer  # noqa: E402
 from tests.postgres_server import PostgresServer  # noqa: E402
-from tests.synthetic import (  # noqa: E402
-    jpeg_bytes,
-    png_bytes,
-    rect_finder_model,
-    rect_image,
-    ultralytics_meta,
-)
+from tests.synthetic import jpeg_bytes, png_bytes, rect_image  # noqa: E402
 from tests.synthetic_sam import MODEL_ID as SAM_ID  # noqa: E402
-from tests.synthetic_sam import write_sam_model  # noqa: E402
-from tests.synthetic_store import build_store  # noqa: E402
 
-KEY = "ray-test-key"
 PHOTO = jpeg_bytes(rect_image(1280, 720, (300, 200, 900, 600)), quality=95)
 PROJECT = "/api/v1/projects/ray"
 BETA = {"cdf-version": "beta"}
 
 
 @pytest.fixture(scope="module")
-def store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("ray")
-    store = build_store(root / "models", root / "work")  # det, seg, pose, cls, sem
-    meta = ultralytics_meta("detect", ["rect"])
-    add_model(store, "rect/1", rect_finder_model(root / "rect.onnx", metadata=meta))
-    write_sam_model(root / "models", SAM_ID, encoder_work=2)
-    write_sam_model(root / "models", "slowsam/1", encoder_work=2, decoder_work=400)
-    store.close()
-    return root / "models"
+def store_dir(engine_store: Path) -> Path:
+    return engine_store
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    """Two Ray nodes on this machine, 2 logical CPUs each."""
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
-    c.add_node(num_cpus=2)
-    c.wait_for_nodes()
-    ray.init(address=c.address, namespace="cvserve-tests", log_to_driver=False)
-    yield c
-    ray.shutdown()
-    c.shutdown()
+def database_url(ray_engine_server: Served) -> str:
+    return ray_engine_server.database_url
 
 
 @pytest.fixture(scope="module")
-def database_url(postgres: PostgresServer) -> str:
-    return postgres.new_database()
-
-
-@pytest.fixture(scope="module")
-def ray_server(cluster: Cluster, store_dir: Path, database_url: str) -> Iterator[str]:
-    env = {
-        "CVSERVE_API_KEYS": KEY,
-        "CVSERVE_DATABASE_URL": database_url,
-        "CVSERVE_JOB_LEASE_S": "3",
-        "CVSERVE_RAY_JOB_REPLICAS": "2",
-        "CVSERVE_DATA_DIR": str(store_dir.parent / "ray-data"),
-    }
-    proc, url = serve_subprocess(
-        store_dir, "--ray", cluster.address, "--replicas", "2", env=env, timeout=180.0
-    )
-    try:
-        yield url
-    finally:
-        stop(proc)
+def ray_server(ray_engine_server: Served) -> str:
+    """The session's `cvserve serve --ray` on the two-node cluster (tests/engines.py)."""
+    return ray_engine_server.url
 
 
 @pytest.fixture(scope="module")
