@@ -18,11 +18,10 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from cvserve.encoders import HostedEncoder
+from cvserve.encoders import HostedAnswer
 from cvserve.http.errors import classify, hosted_response
 from cvserve.http.inputs import image_from_request
 from cvserve.http.openapi import HOSTED_GET, HOSTED_POST
-from cvserve.http.responses import json_response
 from cvserve.http.state import AppState
 from cvserve.params import parse_hosted
 
@@ -39,10 +38,8 @@ def make_handler(state: AppState) -> Handler:
         info = engine.model_info(model_id)
         params, render = parse_hosted(request.query_params, info.task)
         data = await image_from_request(request, state)
-        rendered = await engine.infer(model_id, data, params, HostedEncoder(render))
-        if render.format == "image":
-            return Response(rendered.jpeg, media_type="image/jpeg")
-        return json_response(rendered.body)
+        answer = await engine.infer(model_id, data, params, HostedAnswer(render))
+        return Response(answer.content, media_type=answer.media_type)
 
     return hosted_inference
 

@@ -11,7 +11,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cvserve.encoders import HostedEncoder
+from cvserve.encoders import HostedAnswer, json_array
 from cvserve.engine import EngineAPI, LoadedModel
 from cvserve.errors import BadRequest, ModelNotFound
 from cvserve.http.body import read_json_object
@@ -169,14 +169,12 @@ def build_router(state: AppState) -> APIRouter:
             raise BadRequest(f"send between 1 and {MAX_IMAGES_PER_REQUEST} images per request")
         payloads = [await _image_bytes(state, item) for item in items]
         fmt = "image_and_json" if visualize else "json"
-        encoder = HostedEncoder(replace(render, format=fmt))
-        rendered = await asyncio.gather(
+        encoder = HostedAnswer(replace(render, format=fmt), visualization_key=True)
+        answers = await asyncio.gather(
             *(engine.infer(model_id, data, params, encoder) for data in payloads)
         )
-        results = [r.body or {} for r in rendered]
-        for answer in results:
-            answer.setdefault("visualization", None)  # the SDK reads the key even when off
-        return json_response(results if many else results[0])
+        content = json_array(answers) if many else answers[0].content
+        return Response(content, media_type="application/json")
 
     @router.get("/model/registry")
     async def registry(request: Request) -> Response:
