@@ -4,15 +4,18 @@
     python bench/ray_bench.py --duration 10 --photo 1920x1080
 
 Layouts: plain `cvserve serve` (its auto lanes), `--ray local` with one model replica
-holding every core, and with two replicas of one core each. Reports images/s and p50 at
-each concurrency, each Ray layout's ratio to plain, and Ray's own cost per request (its c=1
-p50 minus plain's). Needs `pip install 'cvserve[ray]'` and the bench models
-(`bench/models.py`, see bench/README.md).
+holding every core, and with two replicas of one core each; and the floor, a bare Ray Serve
+app of the same shape that runs no model (`ray_floor.py`). Reports images/s, p50 and the
+CPU per request of every process of the layout (the server, its Ray processes) at each
+concurrency, each Ray layout's ratio to plain, and cvserve's own CPU per image on the Ray
+path: its CPU per request, less plain cvserve's, less the floor's. Needs
+`pip install 'cvserve[ray]'` and the bench models (`bench/models.py`, bench/README.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import datetime
 import json
@@ -28,23 +31,54 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import MODELS_DIR, RESULTS_DIR, cores  # noqa: E402
+from common import MODELS_DIR, RESULTS_DIR, cores, cpu_seconds  # noqa: E402
 from run import free_port, http_measure, model_id, prepare_store  # noqa: E402
 
 LAYOUTS = {
     "plain": [],
     "plain --workers 1": ["--workers", "1"],
-    "ray 1x all cores": ["--ray", "local", "--replicas", "1", "--replica-cpus", str(cores())],
-    "ray 2x 1 core": ["--ray", "local", "--replicas", "2", "--replica-cpus", "1"],
-}
+    "ray split 1x all cores": [
+        "--ray", "local", "--ray-layout", "split", "--replicas", "1",
+        "--replica-cpus", str(cores()),
+    ],
+    "ray split 2x 1 core": [
+        "--ray", "local", "--ray-layout", "split", "--replicas", "2", "--replica-cpus", "1",
+    ],
+    "ray colocated 1x all cores": [
+        "--ray", "local", "--ray-layout", "colocated", "--replicas", "1",
+        "--replica-cpus", str(cores()),
+    ],
+}  # fmt: skip
+
+
+FLOOR = "ray floor (bare Serve, no model)"
+MARK = "CVSERVE_BENCH_LAYOUT"  # inherited by every process of a layout, Ray's workers too
+
+
+def layout_cpu(token: str) -> float:
+    """CPU seconds so far of every live process marked with `token` (see MARK)."""
+    marker = f"{MARK}={token}".encode()
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                total += cpu_seconds(entry.name)
+    return total
 
 
 @contextlib.contextmanager
-def server(store: Path, data: Path, extra: list[str]) -> Iterator[tuple[int, int]]:
+def server(store: Path, data: Path, extra: list[str]) -> Iterator[tuple[int, str]]:
     port = free_port()
+    token = f"{os.getpid()}-{port}"
     env = dict(os.environ, CVSERVE_DATA_DIR=str(data), CVSERVE_RAY_JOB_REPLICAS="0")
+    env[MARK] = token
     cmd = [sys.executable, "-m", "cvserve.cli", "serve", "--port", str(port),
            "--models-dir", str(store), "--no-pull", "--log-level", "warning", *extra]  # fmt: skip
+    if extra == ["floor"]:
+        floor = str(Path(__file__).with_name("ray_floor.py"))
+        cmd = [sys.executable, floor, "--port", str(port), "--cpus", str(cores())]
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -55,10 +89,18 @@ def server(store: Path, data: Path, extra: list[str]) -> Iterator[tuple[int, int
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
                     break
+                if (
+                    extra == ["floor"]
+                    and httpx.post(
+                        f"http://127.0.0.1:{port}/", content=b"aGk=", timeout=5
+                    ).status_code
+                    == 200
+                ):
+                    break
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited ({proc.returncode}): {' '.join(cmd)}")
             time.sleep(0.5)
-        yield port, proc.pid
+        yield port, token
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -79,21 +121,39 @@ def main() -> None:
     photo = MODELS_DIR / index["photos"][args.photo]
     tmp = Path(tempfile.mkdtemp(prefix="cvserve-raybench-"))
     prepare_store(tmp / "store", [args.model])
+    # The hosted API's usual body: the JPEG in base64, as a form body (the floor decodes it).
+    body = tmp / "photo.b64"
+    body.write_bytes(base64.b64encode(photo.read_bytes()))
     path = f"/{model_id(args.model)}"
     results: dict[str, dict[str, dict]] = {}
-    for name, extra in LAYOUTS.items():
-        with server(tmp / "store", tmp / name.replace(" ", "-"), extra) as (port, pid):
-            httpx.post(f"http://127.0.0.1:{port}{path}", content=photo.read_bytes(), timeout=120)
-            results[name] = {
-                f"c{c}": http_measure(port, pid, path, photo, c, args.duration)
-                for c in args.concurrency
-            }
+    for name, extra in {**LAYOUTS, FLOOR: ["floor"]}.items():
+        route = "/" if extra == ["floor"] else path
+        with server(tmp / "store", tmp / name.replace(" ", "-"), extra) as (port, token):
+            httpx.post(f"http://127.0.0.1:{port}{route}", content=body.read_bytes(), timeout=120)
+            results[name] = {}
+            for c in args.concurrency:
+                cpu0 = layout_cpu(token)
+                measured = http_measure(port, "self", route, body, c, args.duration)
+                requests = measured.get("tput", 0.0) * args.duration + 3  # + the warm-up
+                measured["layout_cpu_ms"] = (layout_cpu(token) - cpu0) / requests * 1e3
+                results[name][f"c{c}"] = measured
         print(f"{name}: " + ", ".join(
             f"c={c} {results[name][f'c{c}'].get('tput', float('nan')):.1f} img/s "
             f"p50 {results[name][f'c{c}'].get('p50_ms', float('nan')):.1f} ms"
             for c in args.concurrency
         ), file=sys.stderr)  # fmt: skip
     plain = results["plain"]
+    floor = results[FLOOR]
+    own = {  # cvserve's CPU per image on the Ray path beyond plain cvserve's and Ray's own
+        name: {
+            f"c{c}": r[f"c{c}"]["layout_cpu_ms"]
+            - plain[f"c{c}"]["layout_cpu_ms"]
+            - floor[f"c{c}"]["layout_cpu_ms"]
+            for c in args.concurrency
+        }
+        for name, r in results.items()
+        if name.startswith("ray ") and name != FLOOR
+    }
     report = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": {"cores": cores()},
@@ -101,6 +161,7 @@ def main() -> None:
         "photo": args.photo,
         "duration_s": args.duration,
         "results": results,
+        "cvserve_own_ray_cpu_ms": own,
         "ratios": {
             name: {
                 f"c{c}": {
@@ -110,23 +171,29 @@ def main() -> None:
                 for c in args.concurrency
             }
             for name, r in results.items()
-            if name != "plain"
+            if name not in ("plain", FLOOR)
         },
     }
     out = args.out or RESULTS_DIR / f"ray-{report['date'].replace(':', '')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print("| layout | " + " | ".join(
-        f"c={c} img/s | c={c} p50 ms | c={c} vs plain" for c in args.concurrency
+        f"c={c} img/s | c={c} p50 ms | c={c} vs plain | c={c} CPU ms/img"
+        for c in args.concurrency
     ) + " |")  # fmt: skip
-    print("|---|" + "---|---|---|" * len(args.concurrency))
+    print("|---|" + "---|---|---|---|" * len(args.concurrency))
     for name, r in results.items():
         cells = []
         for c in args.concurrency:
             m = r[f"c{c}"]
             ratio = m["tput"] / plain[f"c{c}"]["tput"]
             cells += [f"{m['tput']:.1f}", f"{m['p50_ms']:.1f}", f"{ratio:.2f}"]
+            cells.append(f"{m['layout_cpu_ms']:.1f}")
         print(f"| {name} | " + " | ".join(cells) + " |")
+    for name, per_c in own.items():
+        print(f"cvserve's own CPU on the Ray path, {name}: " + ", ".join(
+            f"c={c} {ms:.1f} ms/img" for c, ms in per_c.items()
+        ))  # fmt: skip
     print(f"\nreport: {out}")
 
 

@@ -1,8 +1,9 @@
 """Both engines, serving one store: the API tests run against each (`served` fixtures).
 
 - `local_engine_server`: `cvserve serve` (a LocalEngine in one process);
-- `ray_engine_server`: `cvserve serve --ray ADDRESS` on a real two-node local Ray cluster
-  (`ray.cluster_utils.Cluster`), two model replicas and two job-worker replicas.
+- `ray_engine_server`: `cvserve serve --ray ADDRESS --ray-layout split` on a real two-node
+  local Ray cluster (`ray.cluster_utils.Cluster`): an ingress, two model replicas and two
+  job-worker replicas (the colocated layout has its own test in test_engines_alike.py).
 Both take the same settings: the same API keys, jobs and files in PostgreSQL (a database
 each), a model budget of `BUDGET` models per model process, and `PRELOAD` pinned.
 
@@ -67,7 +68,7 @@ def engine_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "models"
 
 
-def _env(store: Path, name: str, database_url: str) -> dict[str, str]:
+def engine_env(store: Path, name: str, database_url: str) -> dict[str, str]:
     return {
         "CVSERVE_API_KEYS": f"{KEY},{CLIENTS_KEY}",
         "CVSERVE_DATABASE_URL": database_url,
@@ -82,7 +83,7 @@ def _env(store: Path, name: str, database_url: str) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def local_engine_server(engine_store: Path, postgres: PostgresServer) -> Iterator[Served]:
     database_url = postgres.new_database()
-    env = _env(engine_store, "local", database_url)
+    env = engine_env(engine_store, "local", database_url)
     proc, url = serve_subprocess(engine_store, env=env)
     images = write_test_images(engine_store.parent)
     try:
@@ -113,11 +114,12 @@ def ray_engine_server(
     ray_cluster: object, engine_store: Path, postgres: PostgresServer
 ) -> Iterator[Served]:
     database_url = postgres.new_database()
-    env = {**_env(engine_store, "ray", database_url), "CVSERVE_RAY_JOB_REPLICAS": "2"}
+    env = {**engine_env(engine_store, "ray", database_url), "CVSERVE_RAY_JOB_REPLICAS": "2"}
     address = ray_cluster.address  # type: ignore[attr-defined]
     replicas = str(RAY_MODEL_REPLICAS)
+    layout = ("--ray-layout", "split")  # model replicas behind an ingress (colocated: below)
     proc, url = serve_subprocess(
-        engine_store, "--ray", address, "--replicas", replicas, env=env, timeout=180.0
+        engine_store, "--ray", address, *layout, "--replicas", replicas, env=env, timeout=180.0
     )
     images = write_test_images(engine_store.parent)
     try:

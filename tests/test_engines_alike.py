@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,7 +22,9 @@ import pytest
 
 import cvserve
 from tests.answers import strip
-from tests.engines import BUDGET, ENGINES, KEY, PRELOAD, Served, served_by
+from tests.engines import BUDGET, ENGINES, KEY, PRELOAD, Served, engine_env, served_by
+from tests.live_server import serve_subprocess, stop
+from tests.postgres_server import PostgresServer
 from tests.synthetic import jpeg_bytes, png_bytes, rect_image
 from tests.synthetic_sam import MODEL_ID as SAM_ID
 
@@ -235,3 +238,30 @@ def test_both_engines_answer_alike(local_engine_server: Served, ray_engine_serve
         assert on_ray[name] == local[name], name
     assert local["add"] == ["pose/1"] and local["clear"] == {"models": []}
     assert local["add unknown"][0] == 404 and local["400"][0] == 400
+
+
+def test_the_colocated_ray_layout_answers_alike(
+    local_engine_server: Served, engine_store: Path, postgres: PostgresServer
+) -> None:
+    """`--ray-layout colocated` (each replica runs the doors and the models: one hop) on a
+    private Ray instance: the same answers, and the deployment's view of what is loaded."""
+    pytest.importorskip("ray", reason="Ray Serve is not installed: pip install 'cvserve[ray]'")
+    env = {
+        **engine_env(engine_store, "colocated", postgres.new_database()),
+        "CVSERVE_RAY_JOB_REPLICAS": "1",
+    }
+    args = ["--ray", "local", "--ray-layout", "colocated", "--replicas", "2", "--replica-cpus", "1"]
+    proc, url = serve_subprocess(engine_store, *args, env=env, timeout=180.0, new_session=True)
+    try:
+        assert eventually(lambda: httpx.get(f"{url}/readiness").status_code == 200, 120)
+        assert tour(url) == tour(local_engine_server.url)
+        with httpx.Client(base_url=url, timeout=60, params={"api_key": KEY}) as http:
+            for _ in range(6):  # Serve spreads them: both replicas load rect/1
+                assert http.post("/rect/1", content=PHOTO).status_code == 200
+            entry = listed(http)["rect/1"]
+            assert entry["loaded"] is True
+            assert registry(http) == ["rect/1"]
+            http.post("/model/clear")
+            assert registry(http) == []
+    finally:
+        stop(proc)

@@ -47,16 +47,25 @@ def test_config_file_is_a_valid_serve_config_for_the_builder(tmp_path: Path) -> 
 
 
 def test_builder_sizes_the_model_replicas_from_settings(tmp_path: Path) -> None:
-    built = app({"data_dir": str(tmp_path), "ray_replica_cpus": "3", "ray_max_replicas": "5"})
+    split = {"data_dir": str(tmp_path), "ray_layout": "split"}
+    built = app({**split, "ray_replica_cpus": "3", "ray_max_replicas": "5"})
     models = bound(built, 1)._bound_deployment
     assert models.ray_actor_options["num_cpus"] == 3
     assert models._deployment_config.autoscaling_config.max_replicas == 5
     assert bound(built, 0)["ray_replica_cpus"] == 3  # the replicas' lanes follow it
-    fixed = app({"data_dir": str(tmp_path), "ray_model_replicas": "2"})
+    fixed = app({**split, "ray_model_replicas": "2"})
     assert bound(fixed, 1)._bound_deployment.num_replicas == 2
     assert bound(fixed, 1)._bound_deployment._deployment_config.autoscaling_config is None
-    none = app({"data_dir": str(tmp_path), "ray_job_replicas": "0"})
+    none = app({**split, "ray_job_replicas": "0"})
     assert bound(none, 3) is None  # (settings, models, directory, jobs)
+
+
+def test_the_default_layout_is_colocated_replicas_sized_from_settings(tmp_path: Path) -> None:
+    built = app({"data_dir": str(tmp_path), "ray_replica_cpus": "2", "ray_model_replicas": "3"})
+    assert deployment_names(built) == {"cvserve", "directory", "jobs"}
+    replicas = built._bound_deployment
+    assert replicas.ray_actor_options["num_cpus"] == 2 and replicas.num_replicas == 3
+    assert bound(built, 0)["ray_layout"] == "colocated"
 
 
 def test_a_replica_runs_one_single_threaded_lane_per_cpu_of_its_share(tmp_path: Path) -> None:

@@ -88,6 +88,10 @@ class Settings(BaseSettings):
     ray_max_replicas: int = 0
     ray_models_per_replica: int = 3
     ray_job_replicas: int = 1  # replicas running job workers (job_workers threads each)
+    # colocated: proxy -> replicas that run the doors and the models (one hop, each replica
+    # loads what it is asked for); split: proxy -> ingress -> model replicas multiplexed by
+    # model id (two hops; each replica holds a share of many models). bench/ray_bench.py.
+    ray_layout: Literal["colocated", "split"] = "colocated"
     # Job and file lifecycle (cvserve.jobs.lifecycle): finished jobs and files older than
     # these are removed in the background (0: kept forever; fractions allowed); uploads that
     # would leave less than min_free_disk_mb free where file bytes go get 507 (0: no floor).

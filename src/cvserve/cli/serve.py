@@ -76,6 +76,12 @@ def serve(
     models_per_replica: int | None = setting_option(
         "ray_models_per_replica", "--models-per-replica", help="Models one replica holds."
     ),
+    ray_layout: str | None = setting_option(
+        "ray_layout",
+        "--ray-layout",
+        help="split: ingress -> model replicas by model id; colocated: each replica runs "
+        "the doors and its models (one hop).",
+    ),
     # -- job and file lifecycle --
     job_retention_hours: float | None = setting_option(
         "job_retention_hours",
@@ -140,6 +146,7 @@ def serve(
         ray_min_replicas=min_replicas,
         ray_max_replicas=max_replicas,
         ray_models_per_replica=models_per_replica,
+        ray_layout=ray_layout,
         job_retention_hours=job_retention_hours,
         file_retention_hours=file_retention_hours,
         min_free_disk_mb=min_free_disk_mb,

@@ -13,12 +13,16 @@ from ray.serve.handle import DeploymentHandle
 from cvserve.http.app import create_app
 from cvserve.http.state import AppState, build_state
 from cvserve.models.store import ModelStore
+from cvserve.ray.colocated import ColocatedReplica
 from cvserve.ray.directory import Directory
 from cvserve.ray.engine import RayEngine
 from cvserve.ray.replicas import JobReplica, ModelReplica, _Held
 from cvserve.settings import Settings
 
 APP_NAME = "cvserve"
+# cvserve keeps its own access log (request ids, routes, status): Serve's own line per
+# request in each replica is redundant work on every image.
+SERVE_LOGGING = {"enable_access_log": False}
 
 
 class Ingress:
@@ -75,6 +79,7 @@ def build_app(settings: Settings) -> Application:
         num_replicas=1,
         ray_actor_options={"num_cpus": 0},
         max_ongoing_requests=10_000,  # each model replica keeps a long poll open
+        logging_config=SERVE_LOGGING,
     )(Directory).bind()
     models = serve.deployment(
         name="models",
@@ -86,6 +91,7 @@ def build_app(settings: Settings) -> Application:
         health_check_period_s=2,
         health_check_timeout_s=10,
         graceful_shutdown_timeout_s=5,
+        logging_config=SERVE_LOGGING,
         **_scaling(settings),
     )(Models).bind(config, directory)
     jobs = None
@@ -97,10 +103,23 @@ def build_app(settings: Settings) -> Application:
             ray_actor_options={"num_cpus": 0},
             health_check_period_s=5,
         )(JobReplica).bind(config)
+    if settings.ray_layout == "colocated":
+        replicas = serve.deployment(
+            name="cvserve",
+            ray_actor_options={"num_cpus": settings.ray_replica_cpus},
+            max_ongoing_requests=1000,  # the doors bound themselves (admission, 503)
+            health_check_period_s=2,
+            health_check_timeout_s=10,
+            graceful_shutdown_timeout_s=5,
+            logging_config=SERVE_LOGGING,
+            **_scaling(settings),
+        )(serve.ingress()(ColocatedReplica))
+        return replicas.bind(config, directory, jobs)
     ingress = serve.deployment(
         name="ingress",
         ray_actor_options={"num_cpus": 0},
         max_ongoing_requests=1000,  # the doors bound themselves (admission, 503)
+        logging_config=SERVE_LOGGING,
     )(serve.ingress()(Ingress))
     return ingress.bind(config, models, directory, jobs)
 

@@ -39,7 +39,7 @@ from cvserve.engine.pipeline import Encoder
 from cvserve.errors import CVServeError, DeadlineExceeded, ModelNotFound, Overloaded
 from cvserve.models.base import InferParams, ModelInfo
 from cvserve.models.ids import parse_model_id
-from cvserve.models.manifest import info_from_manifest
+from cvserve.models.manifest import MANIFEST_NAME, info_from_manifest
 from cvserve.models.store import ModelStore
 from cvserve.ray.directory import POLL_S, Event
 from cvserve.settings import Settings
@@ -82,19 +82,37 @@ class RayEngine:
         self._events: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the serving loop
         self._closed = False
+        self._infos: dict[str, tuple[int, ModelInfo]] = {}
+        self._handles: dict[str, DeploymentHandle] = {}
 
     # -- the catalogue -------------------------------------------------------------------
     def model_info(self, model_id: str) -> ModelInfo:
+        """From the manifest, read again only when its file changed (every request asks)."""
         try:
             parse_model_id(model_id)
         except CVServeError:
             raise ModelNotFound(f"model {model_id} not found") from None
-        if not self.catalogue.exists(model_id):
+        try:
+            stamp = (self.catalogue.folder(model_id) / MANIFEST_NAME).stat().st_mtime_ns
+        except OSError:
             raise ModelNotFound(
                 f"model {model_id} not found in the model store; add it with "
                 f"`cvserve models import PATH --id {model_id}` or `cvserve models pull NAME`"
-            )
-        return info_from_manifest(model_id, self.catalogue.manifest(model_id))
+            ) from None
+        cached = self._infos.get(model_id)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        info = info_from_manifest(model_id, self.catalogue.manifest(model_id))
+        self._infos[model_id] = (stamp, info)
+        return info
+
+    def _handle(self, model_id: str) -> DeploymentHandle:
+        """The models deployment's handle for one model id, made once (Serve routes its
+        calls to the replicas holding that model)."""
+        handle = self._handles.get(model_id)
+        if handle is None:
+            handle = self._handles[model_id] = self._models.options(multiplexed_model_id=model_id)
+        return handle
 
     def models(self) -> list[ModelInfo]:
         return self.catalogue.infos()
@@ -105,21 +123,15 @@ class RayEngine:
         await self._call(model_id, "load")
 
     async def unload(self, model_id: str) -> bool:
-        held = any(m.model_id == model_id for m in await self.loaded())
-        await self._order(("unload", model_id))
-        return held
+        return await unload_everywhere(self._directory, model_id, await self.loaded())
 
     async def clear(self) -> None:
-        await self._order(("clear",))
+        await give_order(self._directory, ("clear",))
 
     async def loaded(self) -> list[LoadedModel]:
         self._start_events()
         result: list[LoadedModel] = await self._directory.loaded.remote()
         return result
-
-    async def _order(self, order: tuple[str, ...]) -> None:
-        if not await self._directory.order.remote(order, ORDER_WAIT_S):
-            log.warning("not every model replica applied %s within %.0f s", order, ORDER_WAIT_S)
 
     # -- work ----------------------------------------------------------------------------
     async def infer(
@@ -146,8 +158,9 @@ class RayEngine:
         started = time.perf_counter()
         outcome = "error"
         timeout = max(0.0, time_left(self.settings.request_timeout_s))
-        handle = self._models.options(multiplexed_model_id=model_id)
-        response: DeploymentResponse = getattr(handle, method).remote(*args, timeout)
+        response: DeploymentResponse = getattr(self._handle(model_id), method).remote(
+            *args, timeout
+        )
         try:
             result = await asyncio.wait_for(_await(response), timeout=timeout)
             outcome = "ok"
@@ -189,8 +202,7 @@ class RayEngine:
 
     async def _pin(self, model_id: str) -> None:
         self.model_info(model_id)
-        handle = self._models.options(multiplexed_model_id=model_id)
-        await handle.pin.remote(self.settings.request_timeout_s)
+        await self._handle(model_id).pin.remote(self.settings.request_timeout_s)
         log.info("preloaded model %s (pinned)", model_id)
 
     def readiness(self) -> Readiness:
@@ -261,6 +273,20 @@ class RayEngine:
         for task in [*self._preloads.values(), self._events]:
             if task is not None:
                 loop.call_soon_threadsafe(task.cancel)
+
+
+async def give_order(directory: DeploymentHandle, order: tuple[str, ...]) -> None:
+    """An order to every replica, through the directory; waits (bounded) till all applied it."""
+    if not await directory.order.remote(order, ORDER_WAIT_S):
+        log.warning("not every model replica applied %s within %.0f s", order, ORDER_WAIT_S)
+
+
+async def unload_everywhere(
+    directory: DeploymentHandle, model_id: str, loaded: list[LoadedModel]
+) -> bool:
+    """Unload the model on every replica; whether any held it (`loaded`: before)."""
+    await give_order(directory, ("unload", model_id))
+    return any(m.model_id == model_id for m in loaded)
 
 
 async def _await(response: DeploymentResponse) -> Any:

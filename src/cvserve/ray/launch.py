@@ -24,7 +24,7 @@ import ray
 from ray import serve
 
 from cvserve.processes import pid_alive
-from cvserve.ray.app import APP_NAME, build_app
+from cvserve.ray.app import APP_NAME, SERVE_LOGGING, build_app
 from cvserve.settings import Settings
 
 log = logging.getLogger("cvserve.ray")
@@ -66,7 +66,10 @@ def serve_on_ray(settings: Settings, address: str, *, ready: threading.Event | N
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        serve.start(http_options={"host": settings.host, "port": settings.port})
+        serve.start(
+            http_options={"host": settings.host, "port": settings.port},
+            logging_config=SERVE_LOGGING,  # the proxy's too
+        )
         serve.run(build_app(settings), name=APP_NAME, route_prefix="/")
         log.info("cvserve on Ray Serve at http://%s:%d", settings.host, settings.port)
         if ready is not None:

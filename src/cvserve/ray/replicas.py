@@ -1,12 +1,10 @@
 """The replicas' classes (made Serve deployments in cvserve.ray.app): a model replica that
-runs a LocalEngine on the models multiplexed onto it and reports to the directory, and a
+runs a LocalEngine on the models multiplexed onto it, a member of the directory, and a
 job-worker replica."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import uuid
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -25,7 +23,7 @@ from cvserve.engine import (
 from cvserve.jobs.service import JobsService
 from cvserve.models.base import InferParams
 from cvserve.models.store import ModelStore
-from cvserve.ray.directory import POLL_S, Event, Order
+from cvserve.ray.member import DirectoryMember
 from cvserve.settings import Settings
 
 log = logging.getLogger("cvserve.ray")
@@ -70,25 +68,6 @@ class _Held:
             self.evicted(self.model_id)  # to stay within the replica's model count
 
 
-class _Events:
-    """The replica's engine events, kept until the next report to the directory."""
-
-    def __init__(self, replica: ModelReplica) -> None:
-        self.replica = replica
-        self.pending: list[Event] = []
-
-    def inference(self, model_id: str, outcome: str, queued_s: float, run_s: float) -> None:
-        """Counted by the ingress, which admitted the call."""
-
-    def loaded(self, model_id: str, seconds: float) -> None:
-        self.pending.append(("loaded", model_id, seconds))
-        self.replica.report_soon()
-
-    def evicted(self, model_id: str) -> None:
-        self.pending.append(("evicted", model_id))
-        self.replica.report_soon()
-
-
 class ModelReplica:
     """Runs the engine; which model a call is for comes from its multiplexed model id."""
 
@@ -96,72 +75,22 @@ class ModelReplica:
         self.settings = replica_settings(Settings(**settings))
         self.store = replica_store(self.settings)
         self.engine = LocalEngine(self.settings, self.store)
-        self.directory = directory
-        self.name = uuid.uuid4().hex
-        self.events = _Events(self)
-        self.engine.subscribe(self.events)
-        self.applied = 0  # the directory's last order applied here
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._orders: asyncio.Task[None] | None = None
-        self._reporting = asyncio.Lock()
-
-    # -- the directory ---------------------------------------------------------------------
-    def _follow_directory(self) -> None:
-        """Started on the first call on the replica's event loop."""
-        if self._orders is None:
-            self._loop = asyncio.get_running_loop()
-            self._orders = self._loop.create_task(self._follow_orders())
-
-    async def _follow_orders(self) -> None:
-        while True:
-            try:
-                await self.report()
-                orders: list[tuple[int, Order]] = await self.directory.next_orders.remote(
-                    self.name, self.applied, POLL_S
-                )
-                for seq, order in orders:
-                    self._apply(order)
-                    self.applied = seq
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # the directory restarts: report again shortly
-                log.debug("the directory did not answer", exc_info=True)
-                await asyncio.sleep(1.0)
-
-    def _apply(self, order: Order) -> None:
-        if order[0] == "unload":
-            self.engine.unload_now(order[1])
-        elif order[0] == "clear":
-            for model_id in self.store.loaded_ids():
-                self.engine.unload_now(model_id)
-
-    async def report(self) -> None:
-        """Tell the directory what this replica holds (and its new events)."""
-        async with self._reporting:
-            events, self.events.pending = self.events.pending, []
-            loaded = await self.engine.loaded()
-            await self.directory.report.remote(self.name, loaded, events, self.applied)
-
-    def report_soon(self) -> None:
-        """From any thread (loads and evictions happen on the loader threads)."""
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(lambda: loop.create_task(self.report()))
+        self.member = DirectoryMember(self.engine, directory)
 
     # -- the calls -------------------------------------------------------------------------
     async def _model(self) -> str:
-        self._follow_directory()
+        self.member.follow()
         model_id = serve.get_multiplexed_model_id()
         await self.hold(model_id)  # type: ignore[attr-defined]  # set by cvserve.ray.app
         if self.store.loaded(model_id) is None:  # unloaded by an order, still in Serve's cache
             await self.engine.load(model_id)
-            await self.report()
+            await self.member.report()
         return model_id
 
     async def _hold(self, model_id: str) -> _Held:
         await self.engine.load(model_id)
-        await self.report()  # before the caller can ask what is loaded
-        return _Held(self.engine, model_id, self.events.evicted)
+        await self.member.report()  # before the caller can ask what is loaded
+        return _Held(self.engine, model_id, self.member.evicted)
 
     async def load(self, timeout_s: float) -> None:
         token = start_deadline(timeout_s)
@@ -175,7 +104,7 @@ class ModelReplica:
         try:
             model_id = await self._model()
             await self.engine.pin(model_id)
-            await self.report()
+            await self.member.report()
         finally:
             reset_deadline(token)
 
@@ -201,7 +130,7 @@ class ModelReplica:
 
     async def check_health(self) -> None:
         """Serve's health probe: the lanes must still take work."""
-        self._follow_directory()
+        self.member.follow()
         if self.engine.lanes.closed:
             raise RuntimeError("the engine's lanes are closed")
 
