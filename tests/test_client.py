@@ -253,7 +253,7 @@ def test_errors_are_typed(client: Client, server: LiveServer, workdir: Path) -> 
     assert e.value.status == 400 and "confidence" in e.value.message
     with Client(server.url) as anonymous, pytest.raises(CVServeHTTPError) as e:
         anonymous.models()
-    assert e.value.status == 403
+    assert e.value.status == 401
     assert e.value.message == "User is not authorized to access this resource"
     with Client(server.url, api_key="wrong") as wrong, pytest.raises(CVServeHTTPError) as e:
         wrong.model("det/1").predict(workdir / "photo.png")

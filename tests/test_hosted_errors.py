@@ -1,4 +1,4 @@
-"""Errors of the hosted route: the seed's exact 403 body, 400s that name the parameter,
+"""Errors of the hosted route: the seed's exact 401/403 body, 400s that name the parameter,
 404, 413, 415, and never a 500 for bad input."""
 
 from __future__ import annotations
@@ -53,27 +53,43 @@ def _post(client, content=B64, params=None, headers=FORM, path="/ok/1"):
 
 
 @pytest.mark.parametrize(
-    ("params", "headers"),
+    ("params", "headers", "status"),
     [
-        ({}, {}),
-        ({"api_key": ""}, {}),
-        ({"api_key": "wrong"}, {}),
-        ({"api_key": "K"}, {}),  # keys are case-sensitive
-        ({}, {"Authorization": "Bearer wrong"}),
-        ({}, {"Authorization": "Basic az"}),
+        # No key at all is 401, a wrong one 403: the hosted platform's own split.
+        ({}, {}, 401),
+        ({"api_key": ""}, {}, 401),
+        ({}, {"Authorization": "Basic az"}, 401),  # not a key this API reads
+        ({"api_key": "wrong"}, {}, 403),
+        ({"api_key": "K"}, {}, 403),  # keys are case-sensitive
+        ({}, {"Authorization": "Bearer wrong"}, 403),
     ],
 )
-def test_403_exact_body(keyed, params, headers):
+def test_401_403_exact_body(keyed, params, headers, status):
     r = _post(keyed, params=params, headers={**FORM, **headers})
-    assert r.status_code == 403
+    assert r.status_code == status
     assert r.json() == UNAUTHORIZED
     assert r.headers["content-type"].startswith("application/json")
 
 
-def test_403_before_model_lookup(keyed):
-    """Without a key, an unknown model is still 403 (no probing of the store)."""
+def test_401_before_model_lookup(keyed):
+    """Without a key, an unknown model is still 401 (no probing of the store)."""
     r = _post(keyed, path="/nope/1")
+    assert r.status_code == 401 and r.json() == UNAUTHORIZED
+    r = _post(keyed, path="/nope/1", params={"api_key": "wrong"})
     assert r.status_code == 403 and r.json() == UNAUTHORIZED
+
+
+def test_401_403_on_the_sdk_routes(keyed):
+    """/infer/* and /model/* answer the same split, in the same body."""
+    infer = {"model_id": "ok/1", "image": {"type": "base64", "value": B64.decode()}}
+    for path, body in (("/infer/object_detection", infer), ("/model/add", {"model_id": "ok/1"})):
+        r = keyed.post(path, json=body)
+        assert (r.status_code, r.json()) == (401, UNAUTHORIZED), path
+        r = keyed.post(path, json={**body, "api_key": "wrong"})
+        assert (r.status_code, r.json()) == (403, UNAUTHORIZED), path
+        assert keyed.post(path, json={**body, "api_key": "k"}).status_code == 200, path
+    assert keyed.get("/model/registry").status_code == 401
+    assert keyed.get("/model/registry", params={"api_key": "x"}).status_code == 403
 
 
 @pytest.mark.parametrize(

@@ -167,7 +167,7 @@ def test_ray_answers_exactly_like_plain_serve(ray_server: str, plain_server: str
     assert on_ray.keys() == plain.keys()
     for name in plain:
         assert on_ray[name] == plain[name], name
-    assert plain["det/1 raw"][0] == 200 and plain["no key"][0] == 403
+    assert plain["det/1 raw"][0] == 200 and plain["no key"][0] == 401
     assert plain["404"][0] == 404 and plain["400"][0] == 400 and plain["415"][0] == 415
     ray_job, _ = run_job(ray_server)
     plain_job, _ = run_job(plain_server)
