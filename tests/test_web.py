@@ -9,6 +9,7 @@ No browser is ever downloaded: without Chromium (or the playwright package) thes
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shutil
@@ -324,6 +325,27 @@ def test_masks_semantic_and_classes_are_drawn(page: Page, workdir: Path) -> None
     page.pick("cls/1")
     assert page.wait_items(3) == ["cat", "dog", "bird"]
     assert '"top": "cat"' in page.json_text()
+
+
+def test_classification_overlay_applies_the_confidence_threshold(page: Page, workdir: Path) -> None:
+    """Issue 21, point 6: at 50 % the overlay drew `cup 0.4%`. cls/1 answers cat 0.7,
+    dog 0.2, bird 0.1: only the classes at or above the slider are drawn; the list beside
+    the image keeps all three."""
+
+    def labels_become(want: list[str]) -> None:
+        page.page.wait_for_function(
+            "want => JSON.stringify(window.cvserve.drawn().labels) === want",
+            arg=json.dumps(want, separators=(",", ":")),
+            timeout=15_000,
+        )
+
+    page.pick("cls/1", workdir / "photo.jpg")
+    assert page.wait_items(3) == ["cat", "dog", "bird"]
+    labels_become(["cat"])  # the default 50 %
+    page.set_range("#confidence", 15)
+    labels_become(["cat", "dog"])
+    page.set_range("#confidence", 80)
+    labels_become([])
 
 
 def test_webcam_streams_frames_to_the_model(page: Page) -> None:
