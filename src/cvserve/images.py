@@ -74,7 +74,8 @@ def not_an_image(data: bytes) -> BadRequest | UnsupportedMediaType:
     for magic, name in _UNSUPPORTED_MAGIC:
         if data.startswith(magic):
             return UnsupportedMediaType(f"{name} images are not supported; {ACCEPTED}")
-    if data.startswith(b"\x93NUMPY") or (data[:1] == b"\x80" and data[1:2] in b"\x02\x03\x04\x05"):
+    pickled = len(data) > 1 and data[0] == 0x80 and 2 <= data[1] <= 5  # PROTO opcode
+    if data.startswith(b"\x93NUMPY") or pickled:
         return BadRequest(
             "serialized arrays (numpy .npy or pickle, image_type=numpy) are not accepted and "
             f"never unpickled; {ACCEPTED}"
