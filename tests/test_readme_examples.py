@@ -100,6 +100,19 @@ def test_the_readme_examples_are_all_found() -> None:
         assert not (CLIENT_IMPORTS.search(block.code) and "import cvserve" in block.code), block.id
 
 
+def test_readme_counts_coco_detects_classes_as_the_model_does() -> None:
+    """The README said 90 COCO classes; the model, /models and the page say 80."""
+    from cvserve.zoo.labels import COCO_90
+
+    text = (ROOT / "README.md").read_text()
+    claims = [
+        line for line in text.splitlines() if "coco-detect" in line and "COCO classes" in line
+    ]
+    assert len(claims) >= 2, claims
+    for line in claims:
+        assert f"{len(COCO_90)} COCO classes" in line, line
+
+
 def _install_closure(dist: str = "cvserve") -> set[str]:
     """The distributions `pip install cvserve` (no extras) brings, normalised names."""
     from packaging.requirements import Requirement
