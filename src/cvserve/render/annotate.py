@@ -61,10 +61,15 @@ def _fit(x: int, y: int, w: int, h: int, width: int, height: int) -> Rect:
     return x, y, x + w, y + h
 
 
-def _overlap(a: Rect, b: Rect) -> int:
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    return w * h if w > 0 and h > 0 else 0
+def _overlaps(rects: np.ndarray, placed: np.ndarray) -> np.ndarray:
+    """Total area each of `rects` (n, 4) shares with the rectangles `placed` (k, 4)."""
+    w = np.minimum(rects[:, None, 2], placed[None, :, 2]) - np.maximum(
+        rects[:, None, 0], placed[None, :, 0]
+    )
+    h = np.minimum(rects[:, None, 3], placed[None, :, 3]) - np.maximum(
+        rects[:, None, 1], placed[None, :, 1]
+    )
+    return (np.clip(w, 0, None) * np.clip(h, 0, None)).sum(axis=1)
 
 
 def layout_labels(
@@ -78,17 +83,17 @@ def layout_labels(
     a bowl) share corners, so their labels would otherwise be drawn over each other.
     """
     height, width = shape[:2]
-    placed: list[Rect] = []
-    for (x1, y1, x2, y2), (w, h) in zip(boxes.tolist(), sizes, strict=True):
+    placed = np.zeros((len(sizes), 4), np.int64)
+    for n, ((x1, y1, x2, y2), (w, h)) in enumerate(zip(boxes.tolist(), sizes, strict=True)):
         x1, y1, x2, y2 = (int(round(v)) for v in (x1, y1, x2, y2))
         spots = [
             (x1, y1 - h), (x1, y1), (x1, y2), (x1, y2 - h),
             (x2 - w, y1 - h), (x2 - w, y1), (x2 - w, y2), (x2 - w, y2 - h),
         ]  # fmt: skip
-        rects = [_fit(x, y, w, h, width, height) for x, y in spots]
-        costs = [sum(_overlap(r, other) for other in placed) for r in rects]
-        placed.append(rects[costs.index(min(costs))])  # the first free spot, if any
-    return placed
+        rects = np.array([_fit(x, y, w, h, width, height) for x, y in spots], np.int64)
+        costs = _overlaps(rects, placed[:n])
+        placed[n] = rects[int(np.argmin(costs))]  # argmin: the first free spot, if any
+    return [(int(a), int(b), int(c), int(d)) for a, b, c, d in placed.tolist()]
 
 
 def _label(img: np.ndarray, text: str, rect: Rect, rgb: tuple[int, int, int]) -> None:
