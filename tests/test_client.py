@@ -233,11 +233,20 @@ def test_hosted_url_is_fetched_by_the_server(
 def test_segment_with_points(client: Client, workdir: Path) -> None:
     seg = client.model("sam/1").segment(workdir / "photo.png", [(320, 300), (100, 500, 0)])
     assert seg.score == pytest.approx(0.9, abs=1e-3)
-    mask = seg.mask()
+    mask = seg.mask  # an array, as `np.asarray(seg.mask) > 0` in the README expects
+    assert isinstance(mask, np.ndarray) and mask.dtype == bool and mask.shape == (640, 640)
+    assert (np.asarray(seg.mask) > 0).sum() == mask.sum()
     ys, xs = np.nonzero(mask)
     assert abs(xs.mean() - 320) < 2 and abs(ys.mean() - 300) < 2
     assert 0.8 * np.pi * 20**2 < mask.sum() < 1.2 * np.pi * 20**2
     assert not mask[500, 100]  # background points paint nothing
+    # The same prompt as fractions of the image: the same mask and outline, in pixels.
+    norm = client.model("sam/1").segment(
+        workdir / "photo.png", [(0.5, 300 / 640), (100 / 640, 500 / 640, 0)], normalised=True
+    )
+    assert norm.size == seg.size == (640, 640)
+    assert (norm.mask != mask).sum() <= 0.02 * mask.sum()
+    assert np.allclose(np.mean(norm.polygons[0], axis=0), np.mean(seg.polygons[0], axis=0), atol=2)
 
 
 # -- errors ------------------------------------------------------------------------------------
@@ -253,7 +262,7 @@ def test_errors_are_typed(client: Client, server: LiveServer, workdir: Path) -> 
     assert e.value.status == 400 and "confidence" in e.value.message
     with Client(server.url) as anonymous, pytest.raises(CVServeHTTPError) as e:
         anonymous.models()
-    assert e.value.status == 403
+    assert e.value.status == 401
     assert e.value.message == "User is not authorized to access this resource"
     with Client(server.url, api_key="wrong") as wrong, pytest.raises(CVServeHTTPError) as e:
         wrong.model("det/1").predict(workdir / "photo.png")

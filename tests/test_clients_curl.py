@@ -92,15 +92,16 @@ def test_curl_format_image(server, shell, tmp_path):
     assert out.read_bytes()[:3] == b"\xff\xd8\xff"
 
 
-def test_curl_wrong_key_is_403(server, shell):
+def test_curl_no_key_is_401_wrong_key_is_403(server, shell):
     img = shlex.quote(str(server.images["jpg"]))
-    out = shell(
-        f"base64 {img} | curl -sS -d @- -w '\\n%{{http_code}}' "
-        f"{shlex.quote(server.url + '/det/1?api_key=wrong')}"
-    )
-    body, code = out.rsplit(b"\n", 1)
-    assert code == b"403"
-    assert json.loads(body) == {"Message": "User is not authorized to access this resource"}
+    for query, want in (("", b"401"), ("?api_key=wrong", b"403")):
+        out = shell(
+            f"base64 {img} | curl -sS -d @- -w '\\n%{{http_code}}' "
+            f"{shlex.quote(server.url + '/det/1' + query)}"
+        )
+        body, code = out.rsplit(b"\n", 1)
+        assert code == want, query
+        assert json.loads(body) == {"Message": "User is not authorized to access this resource"}
 
 
 def test_go_snippet_no_content_type(server):

@@ -3,9 +3,6 @@ call, spread over the decoder lanes, give exactly the masks of one `segment` per
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -96,14 +93,12 @@ def _seg(sam: SamModel, emb, box: np.ndarray) -> tuple[np.ndarray, np.ndarray]: 
 # -- the real coco-segment --------------------------------------------------------------
 @pytest.mark.zoo
 def test_real_coco_segment_masks_equal_one_segment_per_box() -> None:
-    zoo = os.environ.get("CVSERVE_ZOO_DIR")
-    if not zoo or not (Path(zoo) / "coco-segment" / "1" / "cvserve.json").is_file():
-        pytest.skip("set CVSERVE_ZOO_DIR to a store holding coco-segment/1 and its parts")
     from cvserve.zoo.packages import PackageCache
     from cvserve.zoo.photos import photo
-    from tests.zoo_cache import cache_root
+    from tests.zoo_cache import cache_root, zoo_store
 
-    store = ModelStore(Path(zoo), RuntimeOptions(lanes=2, threads_per_lane=1, wide_threads=2))
+    zoo = zoo_store("coco-detect", "mobilesam", "coco-segment")  # found, or pulled once
+    store = ModelStore(zoo, RuntimeOptions(lanes=2, threads_per_lane=1, wide_threads=2))
     model = store.get("coco-segment/1")
     assert isinstance(model, CompositeModel)
     image = photo(PackageCache(cache_root() / "packages"), "street")  # person, horse, dog

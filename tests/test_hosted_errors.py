@@ -1,9 +1,11 @@
-"""Errors of the hosted route: the seed's exact 403 body, 400s that name the parameter,
-404, 413, 415, and never a 500 for bad input."""
+"""Errors of the hosted route: the seed's exact 401/403 body, 400s that name the parameter,
+404, 413, 415 (image formats not decoded), and never a 500 for bad input."""
 
 from __future__ import annotations
 
 import base64
+import io
+import pickle
 import zlib
 from collections.abc import Iterator
 
@@ -53,27 +55,43 @@ def _post(client, content=B64, params=None, headers=FORM, path="/ok/1"):
 
 
 @pytest.mark.parametrize(
-    ("params", "headers"),
+    ("params", "headers", "status"),
     [
-        ({}, {}),
-        ({"api_key": ""}, {}),
-        ({"api_key": "wrong"}, {}),
-        ({"api_key": "K"}, {}),  # keys are case-sensitive
-        ({}, {"Authorization": "Bearer wrong"}),
-        ({}, {"Authorization": "Basic az"}),
+        # No key at all is 401, a wrong one 403: the hosted platform's own split.
+        ({}, {}, 401),
+        ({"api_key": ""}, {}, 401),
+        ({}, {"Authorization": "Basic az"}, 401),  # not a key this API reads
+        ({"api_key": "wrong"}, {}, 403),
+        ({"api_key": "K"}, {}, 403),  # keys are case-sensitive
+        ({}, {"Authorization": "Bearer wrong"}, 403),
     ],
 )
-def test_403_exact_body(keyed, params, headers):
+def test_401_403_exact_body(keyed, params, headers, status):
     r = _post(keyed, params=params, headers={**FORM, **headers})
-    assert r.status_code == 403
+    assert r.status_code == status
     assert r.json() == UNAUTHORIZED
     assert r.headers["content-type"].startswith("application/json")
 
 
-def test_403_before_model_lookup(keyed):
-    """Without a key, an unknown model is still 403 (no probing of the store)."""
+def test_401_before_model_lookup(keyed):
+    """Without a key, an unknown model is still 401 (no probing of the store)."""
     r = _post(keyed, path="/nope/1")
+    assert r.status_code == 401 and r.json() == UNAUTHORIZED
+    r = _post(keyed, path="/nope/1", params={"api_key": "wrong"})
     assert r.status_code == 403 and r.json() == UNAUTHORIZED
+
+
+def test_401_403_on_the_sdk_routes(keyed):
+    """/infer/* and /model/* answer the same split, in the same body."""
+    infer = {"model_id": "ok/1", "image": {"type": "base64", "value": B64.decode()}}
+    for path, body in (("/infer/object_detection", infer), ("/model/add", {"model_id": "ok/1"})):
+        r = keyed.post(path, json=body)
+        assert (r.status_code, r.json()) == (401, UNAUTHORIZED), path
+        r = keyed.post(path, json={**body, "api_key": "wrong"})
+        assert (r.status_code, r.json()) == (403, UNAUTHORIZED), path
+        assert keyed.post(path, json={**body, "api_key": "k"}).status_code == 200, path
+    assert keyed.get("/model/registry").status_code == 401
+    assert keyed.get("/model/registry", params={"api_key": "x"}).status_code == 403
 
 
 @pytest.mark.parametrize(
@@ -239,17 +257,76 @@ def test_413_too_many_pixels(client):
         (b"\x1f\x8b\x08\x00" + bytes(60), {}),  # gzip
     ],
 )
-def test_415_unsupported_image_bytes(client, content, headers):
+def test_400_body_that_is_no_image(client, content, headers):
+    """SPEC 1: a body that is neither an image nor base64 of one is a 400 saying what is
+    accepted (415 is kept for image formats that are recognised but not decoded)."""
     r = _post(client, content=content, headers=headers)
-    assert r.status_code == 415, r.text
-    assert r.json()["message"]
+    assert r.status_code == 400, r.text
+    assert "JPEG, PNG, WebP" in r.json()["message"] and "base64" in r.json()["message"]
 
 
-def test_415_multipart_file_of_unknown_type(client):
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def test_400_serialized_numpy_array_is_never_unpickled(client, tmp_path):
+    """Old SDKs send `image_type=numpy` and a pickled array. A pickle whose loading would
+    create a file proves nothing was unpickled, on the hosted route and on /infer/*."""
+    marker = tmp_path / "unpickled"
+
+    class Bomb:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    array = np.zeros((48, 64, 3), np.uint8)
+    bodies = [
+        pickle.dumps(Bomb()),
+        pickle.dumps(array),
+        _npy(array),
+        base64.b64encode(pickle.dumps(Bomb())),
+    ]
+    for body in bodies:
+        for params in ({"image_type": "numpy"}, {}):
+            for headers in (FORM, {"Content-Type": "application/octet-stream"}):
+                r = _post(client, content=body, params=params, headers=headers)
+                assert r.status_code == 400, (body[:8], params, r.text)
+                assert "JPEG, PNG" in r.json()["message"], r.text
+    for body in bodies[:3]:
+        r = client.post(
+            "/infer/object_detection",
+            json={
+                "model_id": "ok/1",
+                "image": {"type": "numpy", "value": base64.b64encode(body).decode()},
+            },
+        )
+        assert r.status_code == 400 and "never unpickled" in r.json()["message"], r.text
+    r = _post(client, content=pickle.dumps(array), headers={})
+    assert "serialized arrays" in r.json()["message"]
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "name"),
+    [
+        (b"\x00\x00\x00\x1cftypheic" + bytes(40), "HEIC"),
+        (b"\x00\x00\x00\x1cftypavif" + bytes(40), "AVIF"),
+        (b"\x00\x00\x00\x0cjP  \r\n\x87\n" + bytes(40), "JPEG 2000"),
+    ],
+)
+def test_415_image_format_not_decoded(client, content, name):
+    for body in (content, base64.b64encode(content)):
+        r = _post(client, content=body, headers={})
+        assert r.status_code == 415, r.text
+        assert r.json()["message"].startswith(f"{name} images are not supported")
+
+
+def test_400_multipart_file_that_is_no_image(client):
     r = client.post(
         "/ok/1", files={"file": ("doc.pdf", b"%PDF-1.4\n\xe2\xe3\xcf\xd3", "application/pdf")}
     )
-    assert r.status_code == 415, r.text
+    assert r.status_code == 400, r.text
 
 
 def test_400_multipart_without_file_part(client):

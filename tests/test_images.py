@@ -123,8 +123,9 @@ def test_size_caps_refuse_before_decoding():
     ("data", "error"),
     [
         (b"", BadRequest),
-        (b"hello world", UnsupportedMediaType),
-        (b"%PDF-1.7", UnsupportedMediaType),
+        (b"hello world", BadRequest),  # no image at all: 400 (SPEC 1)
+        (b"%PDF-1.7", BadRequest),
+        (b"\x00\x00\x00\x1cftypheic" + bytes(20), UnsupportedMediaType),  # an image, not decoded
         (b"\x89PNG\r\n\x1a\n" + bytes(20), BadRequest),
         (b"\xff\xd8\xff" + bytes(20), BadRequest),
         (b"GIF89a" + bytes(10), BadRequest),

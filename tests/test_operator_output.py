@@ -86,6 +86,20 @@ def test_models_list_shows_the_parts_licences(tmp_path: Path) -> None:
     assert f"det/1: {DET_LICENCE}" in seg and f"sam/1: {SAM_LICENCE}" in seg
 
 
+def test_models_list_source_and_classes_cells(tmp_path: Path) -> None:
+    """Issue 21, point 8: a composite's source names its parts (not `(composite of ...) 1`),
+    and a model without classes shows `-` (not `0:`)."""
+    _composite_store(tmp_path, recorded_parts=False)
+    result = CliRunner().invoke(app, ["models", "list", "--models-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:]]
+            for line in result.output.splitlines() if line.count("│") > 4 and "/1" in line}  # fmt: skip
+    assert rows["seg/1"][3] == "composite of det/1 + sam/1", rows["seg/1"]
+    assert rows["det/1"][3] == "det-pkg 0.4.4" and rows["det/1"][1] == "1: cat"
+    assert rows["sam/1"][1] == "-", rows["sam/1"]
+    assert "(composite of" not in result.output and "0:" not in result.output
+
+
 # -- decoder noise ---------------------------------------------------------------------------
 def _noisy_images() -> list[tuple[str, bytes, int, str | None]]:
     """(name, image, status, what the log line names) for images whose decoders printed

@@ -88,6 +88,8 @@ def answers(url: str) -> dict[str, Any]:
         r = http.post("/det/1", params={**key, "confidence": "x"}, content=PHOTO)
         out["400"] = (r.status_code, r.json())
         r = http.post("/det/1", params=key, content=b"\x00\x01 not an image")
+        out["400 no image"] = (r.status_code, r.json())
+        r = http.post("/det/1", params=key, content=b"\x00\x00\x00\x1cftypheic" + bytes(40))
         out["415"] = (r.status_code, r.json())
         r = http.post("/infer/classification", json={**body, "model_id": "det/1"})
         out["/infer wrong task"] = (r.status_code, r.json())
@@ -125,8 +127,9 @@ def test_ray_answers_exactly_like_plain_serve(ray_server: str, plain_server: str
     assert on_ray.keys() == plain.keys()
     for name in plain:
         assert on_ray[name] == plain[name], name
-    assert plain["det/1 raw"][0] == 200 and plain["no key"][0] == 403
+    assert plain["det/1 raw"][0] == 200 and plain["no key"][0] == 401
     assert plain["404"][0] == 404 and plain["400"][0] == 400 and plain["415"][0] == 415
+    assert plain["400 no image"][0] == 400
     ray_job, _ = run_job(ray_server)
     plain_job, _ = run_job(plain_server)
     assert ray_job["status"] == plain_job["status"] == "Completed"

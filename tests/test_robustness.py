@@ -261,10 +261,15 @@ def test_rate_limit_answers_429_per_key(client_for: Any) -> None:
 
 def test_non_string_key_in_json_is_403_not_500(client_for: Any) -> None:
     client = client_for(api_keys=("key-one",))
-    for key in (5, None, ["key-one"], {"k": 1}, True):
+    for key in (5, ["key-one"], {"k": 1}, True):
         body = {"model_id": DET_ID, "api_key": key, "image": IMAGE.decode()}
         r = client.post("/infer/object_detection", json=body)
         assert r.status_code == 403, (key, r.text)
+    # A null or empty key is no key at all: 401, as the hosted platform answers.
+    for key in (None, ""):
+        body = {"model_id": DET_ID, "api_key": key, "image": IMAGE.decode()}
+        r = client.post("/infer/object_detection", json=body)
+        assert r.status_code == 401, (key, r.text)
 
 
 # -- request ids, access log, metrics -----------------------------------------------------
@@ -350,7 +355,8 @@ def test_metrics(models_dir: Path) -> None:
 
 def test_metrics_need_the_key_when_keys_are_set(client_for: Any) -> None:
     client = client_for(api_keys=("k",))
-    assert client.get("/metrics").status_code == 403
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers={"Authorization": "Bearer bad"}).status_code == 403
     assert client.get("/metrics", headers={"Authorization": "Bearer k"}).status_code == 200
 
 

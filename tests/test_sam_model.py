@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import threading
 import time
 from pathlib import Path
@@ -204,18 +202,16 @@ def test_segments_json_outlines_normalised() -> None:
 # -- the real MobileSAM ------------------------------------------------------------------
 @pytest.mark.zoo
 def test_real_mobilesam_point_on_the_cat_covers_the_cat() -> None:
-    zoo = os.environ.get("CVSERVE_ZOO_DIR")
-    if not zoo or not (Path(zoo) / "mobilesam" / "1" / "cvserve.json").is_file():
-        pytest.skip("set CVSERVE_ZOO_DIR to a store holding mobilesam/1")
     import cv2
 
-    # The photo ships inside the scikit-image wheel; read the file, skimage needn't import.
-    spec = importlib.util.find_spec("skimage")
-    photo = Path(spec.origin).parent / "data" / "chelsea.png" if spec and spec.origin else None
-    if photo is None or not photo.is_file():
-        pytest.skip("scikit-image (for chelsea.png) is not installed")
-    cat = cv2.cvtColor(cv2.imread(str(photo)), cv2.COLOR_BGR2RGB)  # 451 x 300, mostly cat
-    model = load(Path(zoo), "mobilesam/1")
+    from cvserve.zoo.packages import PackageCache
+    from cvserve.zoo.photos import photo
+    from tests.zoo_cache import cache_root, zoo_store
+
+    zoo = zoo_store("mobilesam")  # found, or pulled once into the test cache
+    # Chelsea, from the scikit-image wheel in the zoo's package cache (not installed here).
+    cat = photo(PackageCache(cache_root() / "packages"), "chelsea")  # 451 x 300, mostly cat
+    model = load(zoo, "mobilesam/1")
     emb = model.embed(cat)
     mask, score = model.segment(emb, np.array([[250.0, 150.0]]), np.array([1]))
     assert score > 0.8

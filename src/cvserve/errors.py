@@ -24,7 +24,13 @@ class BadRequest(CVServeError):
 
 
 class Unauthorized(CVServeError):
+    """A wrong key (403); `MissingKey` is its 401 sibling, the hosted platform's split."""
+
     status = 403
+
+
+class MissingKey(Unauthorized):
+    status = 401
 
 
 class ModelNotFound(CVServeError):

@@ -45,6 +45,44 @@ _PIL_FORMAT = {
 _HEADER_ERRORS = (SyntaxError, IndexError, TypeError, struct.error)
 
 
+ACCEPTED = (
+    "send JPEG, PNG, WebP, BMP, TIFF or GIF file bytes, or base64 text of one "
+    "(a data: URI prefix and line breaks are fine)"
+)
+# Image formats this server recognises but does not decode: those are a 415, not a 400.
+_UNSUPPORTED_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"),
+    (b"\xff\x4f\xff\x51", "JPEG 2000"),
+    (b"\x00\x00\x00\x0cJXL \r\n\x87\n", "JPEG XL"),
+    (b"\xff\x0a", "JPEG XL"),
+    (b"8BPS", "Photoshop"),
+)
+_HEIF_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"mif1": "HEIF", b"avif": "AVIF"}
+
+
+def not_an_image(data: bytes) -> BadRequest | UnsupportedMediaType:
+    """The error for bytes that are no image this server decodes, saying what it accepts.
+
+    A recognised image format it cannot decode is a 415; anything else (text, a PDF, a
+    serialized numpy array as `image_type=numpy` clients send) is a 400. Nothing is ever
+    unpickled: a pickle runs code of the sender's choosing.
+    """
+    if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS:
+        return UnsupportedMediaType(
+            f"{_HEIF_BRANDS[data[8:12]]} images are not supported; {ACCEPTED}"
+        )
+    for magic, name in _UNSUPPORTED_MAGIC:
+        if data.startswith(magic):
+            return UnsupportedMediaType(f"{name} images are not supported; {ACCEPTED}")
+    pickled = len(data) > 1 and data[0] == 0x80 and 2 <= data[1] <= 5  # PROTO opcode
+    if data.startswith(b"\x93NUMPY") or pickled:
+        return BadRequest(
+            "serialized arrays (numpy .npy or pickle, image_type=numpy) are not accepted and "
+            f"never unpickled; {ACCEPTED}"
+        )
+    return BadRequest(f"the image is neither a supported image nor base64 of one; {ACCEPTED}")
+
+
 def sniff(data: bytes) -> str | None:
     """Image format from magic bytes, or None."""
     for magic, kind in _MAGIC:
@@ -156,9 +194,7 @@ def decode_image(
         raise BadRequest("image is empty (0 bytes)")
     kind = sniff(data)
     if kind is None:
-        raise UnsupportedMediaType(
-            "unsupported or unrecognised image data; send JPEG, PNG, WebP, BMP, TIFF or GIF"
-        )
+        raise not_an_image(data)
     try:
         pil = open_header(data, kind)
         width, height = pil.size

@@ -56,15 +56,13 @@ def models_list(models_dir: Path | None = MODELS_DIR_OPT) -> None:
     table.add_column("last load", min_width=max(map(len, loads), default=9))
     for info, load in zip(infos, loads, strict=True):
         src = info.source or {}
-        names = ", ".join(info.class_names[:4]) + (" ..." if len(info.class_names) > 4 else "")
         size = f"{info.input_size[0]}x{info.input_size[1]}" if info.input_size else "-"
-        origin = " ".join(str(src.get(k, "")) for k in ("package", "version")).strip()
         table.add_row(
             info.model_id,
             info.task.value,
-            f"{len(info.class_names)}: {names}",
+            _classes(info.class_names),
             size,
-            origin or str(src.get("format", "")),
+            _origin(src),
             _licence(src),
             load,
         )
@@ -72,6 +70,22 @@ def models_list(models_dir: Path | None = MODELS_DIR_OPT) -> None:
     if not out.is_terminal:  # piped: no terminal width to honour, don't squeeze the table
         out = Console(width=200)
     out.print(table)
+
+
+def _classes(names: list[str]) -> str:
+    """`80: person, bicycle, car, airplane ...`, or `-` for a model without classes (SAM)."""
+    if not names:
+        return "-"
+    return f"{len(names)}: " + ", ".join(names[:4]) + (" ..." if len(names) > 4 else "")
+
+
+def _origin(source: dict[str, Any]) -> str:
+    """The source cell: `package version`, or a composite's parts by model id."""
+    parts = source.get("parts")
+    if isinstance(parts, dict) and parts:
+        return "composite of " + " + ".join(parts)
+    origin = " ".join(str(source.get(k, "")) for k in ("package", "version")).strip()
+    return origin or str(source.get("format", "")) or "-"
 
 
 def _licence(source: dict[str, Any]) -> str:

@@ -94,11 +94,14 @@ class Model:
         points: Sequence[tuple[float, float] | tuple[float, float, int]] = (),
         box: tuple[float, float, float, float] | None = None,
         *,
+        normalised: bool = False,
         project: str = "sdk",
         channels: str = "bgr",
     ) -> SegmentResult:
         """Promptable segmentation (SAM models): points (x, y[, label]) and/or a box
-        (x1, y1, x2, y2) in image pixels; label 1 foreground (default), 0 background."""
+        (x1, y1, x2, y2); label 1 foreground (default), 0 background. Coordinates are image
+        pixels, or fractions 0..1 of the image's width and height with `normalised=True`
+        (`(0.5, 0.5)` is the centre of any image). The result is in pixels either way."""
         data, _ = self.client._image_bytes(image, channels)
         payload: dict[str, Any] = {
             "image": base64.b64encode(data).decode("ascii"),
@@ -106,7 +109,7 @@ class Model:
                 {"x": float(p[0]), "y": float(p[1]), "label": int(p[2]) if len(p) > 2 else 1}
                 for p in points
             ],
-            "pixels": True,
+            "pixels": not normalised,
             "model": self.id,
         }
         if box is not None:
@@ -115,7 +118,7 @@ class Model:
         body = self.client._request(
             "POST", f"/api/v1/projects/{project}/context/vision/segment/sync", json=payload
         )
-        return SegmentResult(body)
+        return SegmentResult(body, normalised=normalised)
 
 
 class Client:

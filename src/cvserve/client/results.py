@@ -186,13 +186,22 @@ class PredictionResult:
 
 
 class SegmentResult:
-    """A promptable-segmentation (SAM) answer: polygons in image pixels, plus the score."""
+    """A promptable-segmentation (SAM) answer: `polygons` in image pixels, `mask` the
+    (H, W) boolean array they cover, and the `score`."""
 
-    def __init__(self, body: dict[str, Any]) -> None:
+    def __init__(self, body: dict[str, Any], *, normalised: bool = False) -> None:
         self._body = body
+        self._normalised = normalised  # the server answered vertices in 0..1 of the image
+        self._mask: np.ndarray | None = None
 
     def json(self) -> dict[str, Any]:
         return self._body
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the image, in pixels."""
+        size = self._body.get("image") or {}
+        return int(size.get("width", 0)), int(size.get("height", 0))
 
     @property
     def score(self) -> float:
@@ -201,20 +210,26 @@ class SegmentResult:
 
     @property
     def polygons(self) -> list[list[tuple[float, float]]]:
+        """Each outline as [(x, y), ...] in image pixels."""
+        sx, sy = self.size if self._normalised else (1, 1)
         out = []
         for seg in self._body.get("segments") or []:
             for poly in seg.get("polygons") or []:
-                out.append([(float(v["x"]), float(v["y"])) for v in poly.get("vertices", [])])
+                out.append(
+                    [(float(v["x"]) * sx, float(v["y"]) * sy) for v in poly.get("vertices", [])]
+                )
         return out
 
+    @property
     def mask(self) -> np.ndarray:
-        """The segment as a full boolean mask (H, W)."""
-        import cv2
+        """The segment as a boolean array (H, W): `seg.mask.mean()`, `image[seg.mask]`."""
+        if self._mask is None:
+            import cv2
 
-        size = self._body.get("image") or {}
-        h, w = int(size.get("height", 0)), int(size.get("width", 0))
-        canvas = np.zeros((h, w), np.uint8)
-        polys = [np.round(np.array(p)).astype(np.int32) for p in self.polygons if len(p) >= 3]
-        if polys:
-            cv2.fillPoly(canvas, polys, 1)
-        return canvas.astype(bool)
+            w, h = self.size
+            canvas = np.zeros((h, w), np.uint8)
+            polys = [np.round(np.array(p)).astype(np.int32) for p in self.polygons if len(p) >= 3]
+            if polys:
+                cv2.fillPoly(canvas, polys, 1)
+            self._mask = canvas.astype(bool)
+        return self._mask

@@ -17,7 +17,7 @@ from starlette.responses import Response
 
 from cvserve import __version__
 from cvserve.errors import CVServeError
-from cvserve.http import files, hosted, infer, observability, segment, system, web
+from cvserve.http import docs, files, hosted, infer, observability, segment, system, web
 from cvserve.http.errors import classify, hosted_response
 from cvserve.http.state import AppState, build_state
 from cvserve.settings import Settings
@@ -27,7 +27,7 @@ __all__ = ["build_state", "create_app"]
 log = logging.getLogger("cvserve.http")
 
 # Order matters: the catch-all hosted route `/{dataset}/{version}` comes last.
-_DOORS = (system, infer, files, segment, web, hosted)
+_DOORS = (system, infer, files, segment, web, docs, hosted)
 
 
 def create_app(settings: Settings, state: AppState | None = None) -> FastAPI:
@@ -55,7 +55,7 @@ def create_app(settings: Settings, state: AppState | None = None) -> FastAPI:
         version=__version__,
         description="Self-hosted computer-vision inference server speaking the hosted API.",
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # cvserve.http.docs serves /docs with its assets, no CDN
         redoc_url=None,
     )
     app.state.cvserve = state

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 from starlette.requests import Request
 
-from cvserve.errors import Unauthorized
+from cvserve.errors import MissingKey, Unauthorized
 from cvserve.http.ratelimit import RateLimiter
 
 
@@ -37,7 +37,7 @@ class KeyChecker:
         return ok
 
     @staticmethod
-    def key_from(request: Request, body_key: str | None = None) -> str | None:
+    def key_from(request: Request, body_key: object = None) -> str | None:
         """api_key query param, `Authorization: Bearer`, `api-key` header, or a JSON body field."""
         key = request.query_params.get("api_key")
         if key:
@@ -50,11 +50,15 @@ class KeyChecker:
             return header
         return body_key if isinstance(body_key, str) else None  # JSON may carry anything
 
-    def check(self, request: Request, body_key: str | None = None) -> str | None:
-        """The caller's key if it may proceed: 403 for a bad key, 429 over the rate limit."""
+    def check(self, request: Request, body_key: object = None) -> str | None:
+        """The caller's key if it may proceed: 401 without a key, 403 for a wrong one (as the
+        hosted platform answers), 429 over the rate limit."""
         key = self.key_from(request, body_key)
         if not self.valid(key):
-            raise Unauthorized("User is not authorized to access this resource")
+            # A JSON key that is not a string (5, a list) was sent, so it is wrong, not missing.
+            missing = not key and body_key in (None, "")
+            error = MissingKey if missing else Unauthorized
+            raise error("User is not authorized to access this resource")
         self.limit(request, key)
         return key
 

@@ -17,7 +17,7 @@ from cvserve.http.responses import json_response
 
 log = logging.getLogger("cvserve.http")
 
-# The hosted API's own spelling of its 403 body.
+# The hosted API's own spelling of its 401 (no key) and 403 (wrong key) body.
 UNAUTHORIZED_BODY = {"Message": "User is not authorized to access this resource"}
 
 
@@ -69,7 +69,7 @@ def classify(exc: BaseException, path: str) -> ErrorReply:
 
 def hosted_response(reply: ErrorReply) -> Response:
     if reply.unauthorized:
-        return json_response(UNAUTHORIZED_BODY, status=403)
+        return json_response(UNAUTHORIZED_BODY, status=reply.status)
     return json_response({"message": reply.message}, status=reply.status, headers=reply.headers)
 
 

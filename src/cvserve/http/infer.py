@@ -96,6 +96,11 @@ async def _image_bytes(state: AppState, image: Any) -> bytes:
         return decode_base64(value)
     if kind == "url":
         return await fetch_url(state, value)
+    if kind == "numpy":  # a pickled array: unpickling runs the sender's code, so never
+        raise BadRequest(
+            "image type 'numpy' (a serialized array) is not accepted and never unpickled; "
+            "use base64 (of a JPEG, PNG, WebP, BMP, TIFF or GIF file) or url"
+        )
     raise BadRequest(f"image type {kind!r} is not accepted; use base64 or url")
 
 

@@ -7,10 +7,10 @@ import orjson
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
-from cvserve.errors import BadRequest, UnsupportedMediaType
+from cvserve.errors import BadRequest
 from cvserve.http.body import read_body
 from cvserve.http.state import AppState
-from cvserve.images import decode_base64, sniff
+from cvserve.images import ACCEPTED, decode_base64, not_an_image, sniff
 
 
 async def fetch_url(state: AppState, url: str) -> bytes:
@@ -21,6 +21,9 @@ async def fetch_url(state: AppState, url: str) -> bytes:
 
 async def image_from_request(request: Request, state: AppState) -> bytes:
     """Encoded image bytes from a hosted-route request, in the SPEC's order of precedence."""
+    if request.query_params.get("image_type", "").lower() == "numpy":
+        # Old clients send a pickled array; unpickling runs the sender's code, so never.
+        raise BadRequest(f"image_type=numpy (a serialized array) is not accepted; {ACCEPTED}")
     url = request.query_params.get("image")
     if url:
         return await fetch_url(state, url)
@@ -55,15 +58,13 @@ def bytes_from_body(body: bytes) -> bytes:
 
 
 def base64_or_binary(data: bytes) -> bytes:
-    """Base64 text -> bytes. Binary data that is no known image is a 415, not a 400."""
+    """Base64 text -> bytes. Binary data that is no image says what is accepted (400, or
+    415 for an image format not decoded here)."""
     try:
         return decode_base64(data)
     except BadRequest:
         if not data.isascii() or b"\x00" in data:
-            raise UnsupportedMediaType(
-                "request body is neither a supported image (JPEG, PNG, WebP, BMP, TIFF, GIF) "
-                "nor base64 text of one"
-            ) from None
+            raise not_an_image(data) from None
         raise
 
 

@@ -242,7 +242,8 @@ _MESSAGE = {
 }
 HOSTED_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "A malformed parameter or body (the message names it)", **_MESSAGE},
-    403: {"description": "Missing or wrong API key"},
+    401: {"description": "Missing API key (when keys are configured)"},
+    403: {"description": "Wrong API key"},
     404: {"description": "No such model", **_MESSAGE},
     413: {"description": "Body or image too large", **_MESSAGE},
     415: {"description": "Not a supported image", **_MESSAGE},

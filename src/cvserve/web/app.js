@@ -50,7 +50,7 @@
     camera: null, // {stream, running}
     roundTripMs: 0,
     // What the last drawCanvas() put on the canvas, for tests: window.cvserve.drawn().
-    drawn: { boxes: 0, points: [], edges: [] },
+    drawn: { boxes: 0, points: [], edges: [], labels: [] },
   };
 
   // -- helpers -----------------------------------------------------------------------------
@@ -447,11 +447,15 @@
 
   function drawClassification(body, s) {
     const rows = classificationRows(body);
+    // The confidence slider is the threshold: a class below it is not drawn (as the server's
+    // own image draws them); the list beside the image still shows every class.
+    const threshold = Number(el.confidence.value) / 100;
     const shown = Array.isArray(body.predictions)
-      ? rows.slice(0, 3)
+      ? rows.filter((r) => r.confidence >= threshold).slice(0, 3)
       : rows.filter((r) => (body.predicted_classes || []).includes(r.class)).slice(0, 5);
     let y = Math.round(10 * s) + Math.max(12, Math.round(13 * s)) * 1.5;
     for (const r of shown) {
+      state.drawn.labels.push(r.class);
       drawLabel(`${r.class} ${pct(r.confidence)}`, Math.round(10 * s), y, rgb(r.class_id ?? 0), s * 1.4);
       y += Math.max(12, Math.round(13 * s * 1.4)) * 1.8;
     }
@@ -488,7 +492,7 @@
     el.empty.hidden = !!img;
     el.canvas.hidden = !img;
     el.download.disabled = !img;
-    state.drawn = { boxes: 0, points: [], edges: [] };
+    state.drawn = { boxes: 0, points: [], edges: [], labels: [] };
     if (!img) return;
     if (el.canvas.width !== img.width || el.canvas.height !== img.height) {
       el.canvas.width = img.width;

@@ -1,0 +1,16 @@
+# Sourced by scripts/serve, scripts/cvserve and scripts/test: the .venv they share.
+# ensure_venv [EXTRA]: create .venv and `pip install -e .[EXTRA]` only when pyproject.toml
+# changed since the last install (its hash is stamped in .venv), so a restart costs ~0 s.
+ensure_venv() {
+  local extra="${1:-}" stamp=".venv/.cvserve-install" hash had_hash="" had_extra=""
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  hash="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+  [ -f "$stamp" ] && read -r had_hash had_extra < "$stamp" || true
+  # The same pyproject.toml, and the extra asked for (or none: any install covers it).
+  if [ "$had_hash" = "$hash" ] && { [ -z "$extra" ] || [ "$had_extra" = "$extra" ]; }; then
+    return 0
+  fi
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".${extra:+[$extra]}"
+  echo "$hash $extra" > "$stamp"
+}
