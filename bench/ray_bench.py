@@ -55,17 +55,28 @@ FLOOR = "ray floor (bare Serve, no model)"
 MARK = "CVSERVE_BENCH_LAYOUT"  # inherited by every process of a layout, Ray's workers too
 
 
-def layout_cpu(token: str) -> float:
-    """CPU seconds so far of every live process marked with `token` (see MARK)."""
+def layout_cpu(token: str) -> dict[str, float]:
+    """CPU seconds so far of every live process marked with `token` (see MARK), by role:
+    Serve's proxy, each deployment's replicas (`ingress`, `models`, `cvserve`, ...), the
+    rest (the server or driver process, Ray's own daemons)."""
     marker = f"{MARK}={token}".encode()
-    total = 0.0
+    roles: dict[str, float] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         with contextlib.suppress(OSError, ValueError):
             if marker in (entry / "environ").read_bytes().split(b"\0"):
-                total += cpu_seconds(entry.name)
-    return total
+                role = _role((entry / "cmdline").read_bytes().decode(errors="replace"))
+                roles[role] = roles.get(role, 0.0) + cpu_seconds(entry.name)
+    return roles
+
+
+def _role(cmdline: str) -> str:
+    if cmdline.startswith("ray::ProxyActor"):
+        return "proxy"
+    if cmdline.startswith("ray::ServeReplica:"):
+        return cmdline.split("\0", 1)[0].rsplit(":", 1)[-1].strip()
+    return "other"
 
 
 @contextlib.contextmanager
@@ -135,7 +146,10 @@ def main() -> None:
                 cpu0 = layout_cpu(token)
                 measured = http_measure(port, "self", route, body, c, args.duration)
                 requests = measured.get("tput", 0.0) * args.duration + 3  # + the warm-up
-                measured["layout_cpu_ms"] = (layout_cpu(token) - cpu0) / requests * 1e3
+                cpu1 = layout_cpu(token)
+                by_role = {k: (v - cpu0.get(k, 0.0)) / requests * 1e3 for k, v in cpu1.items()}
+                measured["layout_cpu_ms"] = sum(by_role.values())
+                measured["cpu_ms_by_role"] = by_role
                 results[name][f"c{c}"] = measured
         print(f"{name}: " + ", ".join(
             f"c={c} {results[name][f'c{c}'].get('tput', float('nan')):.1f} img/s "
@@ -190,6 +204,11 @@ def main() -> None:
             cells += [f"{m['tput']:.1f}", f"{m['p50_ms']:.1f}", f"{ratio:.2f}"]
             cells.append(f"{m['layout_cpu_ms']:.1f}")
         print(f"| {name} | " + " | ".join(cells) + " |")
+    for name, r in results.items():
+        roles = r[f"c{args.concurrency[-1]}"]["cpu_ms_by_role"]
+        print(f"CPU ms/img by process at c={args.concurrency[-1]}, {name}: " + ", ".join(
+            f"{role} {ms:.1f}" for role, ms in sorted(roles.items())
+        ))  # fmt: skip
     for name, per_c in own.items():
         print(f"cvserve's own CPU on the Ray path, {name}: " + ", ".join(
             f"c={c} {ms:.1f} ms/img" for c, ms in per_c.items()
