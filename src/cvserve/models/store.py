@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import tempfile
 import threading
@@ -182,8 +183,7 @@ class ModelStore:
         staged.chmod(folder_mode())
         tmp_old = None
         if dest.exists():
-            # tempfile's own random 8-character names (a private CPython helper).
-            suffix = next(tempfile._get_candidate_names())  # type: ignore[attr-defined]  # not in typeshed
+            suffix = secrets.token_hex(4)  # a fresh name, so a left-over .old- never collides
             tmp_old = dest.with_name(dest.name + ".old-" + suffix)
             dest.rename(tmp_old)
         shutil.move(str(staged), str(dest))
