@@ -24,6 +24,7 @@ from cvserve.predict.options import (
     PredictError,
     PredictOptions,
     Summary,
+    parameters_from_flags,
 )
 from cvserve.predict.outputs import CocoOutput, JsonFiles, JsonLines, Output, read_jsonl
 from cvserve.predict.runner import run_predict
@@ -45,6 +46,7 @@ __all__ = [
     "Output",
     "PredictError",
     "PredictOptions",
+    "parameters_from_flags",
     "RemoteBackend",
     "Summary",
     "find_images",
