@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from cvserve.errors import ModelLoadError
+from cvserve.geometry import cxcywh_to_xyxy
 from cvserve.keypoint_sets import default_names, default_skeleton
 from cvserve.models.base import InferParams, Task
 from cvserve.models.manifest import Manifest
@@ -170,8 +171,7 @@ class YoloModel(OnnxModel):
             order = np.argsort(-scores[idx], kind="stable")[:MAX_CANDIDATES]
             idx, class_id = idx[order], class_id[order]
         rows, scores = rows[idx], scores[idx]
-        cx, cy, bw, bh = rows[:, 0], rows[:, 1], rows[:, 2] / 2, rows[:, 3] / 2
-        xyxy = np.stack([cx - bw, cy - bh, cx + bw, cy + bh], axis=1).astype(np.float32)
+        xyxy = cxcywh_to_xyxy(rows[:, :4]).astype(np.float32)
         keep_idx = nms(xyxy, scores, class_id, params.iou, max_keep=params.max_detections)
         extra = rows[keep_idx, offset + nc :]
         return xyxy[keep_idx], scores[keep_idx], class_id[keep_idx], extra

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from cvserve.geometry import mask_iou, match_boxes
 from cvserve.models.base import InferParams, Model
 from cvserve.results import Classification, Detections, Prediction, SemanticMask
 
@@ -55,27 +56,7 @@ def box_agreement(a: Detections, b: Detections, thr: float = 0.5) -> tuple[float
     """Greedy one-to-one matching (same class, IoU >= thr): (F1, mean IoU of matches)."""
     if len(a) == 0 and len(b) == 0:
         return 1.0, float("nan")
-    used: set[int] = set()
-    ious: list[float] = []
-    for i in range(len(a)):
-        best, best_j = 0.0, -1
-        for j in range(len(b)):
-            if j in used or a.class_id[i] != b.class_id[j]:
-                continue
-            x1 = max(a.xyxy[i, 0], b.xyxy[j, 0])
-            y1 = max(a.xyxy[i, 1], b.xyxy[j, 1])
-            x2 = min(a.xyxy[i, 2], b.xyxy[j, 2])
-            y2 = min(a.xyxy[i, 3], b.xyxy[j, 3])
-            inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
-            area_a = (a.xyxy[i, 2] - a.xyxy[i, 0]) * (a.xyxy[i, 3] - a.xyxy[i, 1])
-            area_b = (b.xyxy[j, 2] - b.xyxy[j, 0]) * (b.xyxy[j, 3] - b.xyxy[j, 1])
-            union = area_a + area_b - inter
-            iou = float(inter / union) if union > 0 else 0.0
-            if iou > best:
-                best, best_j = iou, j
-        if best >= thr:
-            used.add(best_j)
-            ious.append(best)
+    ious = [iou for _, _, iou in match_boxes(a.xyxy, a.class_id, b.xyxy, b.class_id, thr)]
     f1 = 2 * len(ious) / (len(a) + len(b))
     return f1, float(np.mean(ious)) if ious else float("nan")
 
@@ -96,11 +77,6 @@ def sam_agreement(model: Any, quant: Any, photos: list[np.ndarray]) -> dict[str,
         "box_mask_iou_mean": float(np.mean(box_ious)),
         "box_mask_iou_min": float(np.min(box_ious)),
     }
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = int(np.count_nonzero(a | b))
-    return float(np.count_nonzero(a & b) / union) if union else 1.0
 
 
 def composite_agreement(model: Model, quant: Model, photos: list[np.ndarray]) -> dict[str, float]:
