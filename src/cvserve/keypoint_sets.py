@@ -17,7 +17,8 @@ COCO_SKELETON = [
 ]  # fmt: skip
 
 
-# RetinaFace's five landmarks, in the network's output order.
+# RetinaFace's five landmarks, in the network's output order, named from the subject's point
+# of view like COCO keypoints (point 0 is the eye on the image's left: the subject's right).
 FACE_LANDMARKS = ["right_eye", "left_eye", "nose", "right_mouth", "left_mouth"]
 FACE_SKELETON = [(0, 1), (0, 2), (1, 2), (2, 3), (2, 4), (3, 4)]
 

@@ -28,10 +28,6 @@ from cvserve.results import Detections, Prediction
 STRIDES = (8, 16, 32)
 MIN_SIZES = ((16, 32), (64, 128), (256, 512))
 VARIANCES = (0.1, 0.2)
-# The landmark order of the reference implementation, named from the subject's point of
-# view like COCO keypoints (point 0 is the eye on the image's left: the subject's right).
-LANDMARK_NAMES = FACE_LANDMARKS
-LANDMARK_EDGES = FACE_SKELETON
 DEFAULT_MAX_SIDE = 1024
 
 
@@ -72,8 +68,8 @@ class RetinaFaceModel(OnnxModel):
         super().__init__(model_id, manifest, folder, options)
         # Big photos are scaled down first: faces stay findable, compute stays bounded.
         self.max_side = int(manifest.postprocess.get("max_side", DEFAULT_MAX_SIDE))
-        self.keypoint_names = list(manifest.keypoint_names) or LANDMARK_NAMES
-        self.skeleton = [(a, b) for a, b in manifest.skeleton] or LANDMARK_EDGES
+        self.keypoint_names = list(manifest.keypoint_names) or FACE_LANDMARKS
+        self.skeleton = [(a, b) for a, b in manifest.skeleton] or FACE_SKELETON
         self._spec = manifest.preprocess.model_copy(update={"resize": "stretch"})
 
     def _input_size(self, width: int, height: int) -> tuple[int, int]:

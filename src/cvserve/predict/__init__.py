@@ -15,11 +15,8 @@ from cvserve.predict.backends import Backend, LocalBackend, RemoteBackend
 from cvserve.predict.coco import to_coco
 from cvserve.predict.options import (
     COCO_NAME,
-    DETECTION_TASKS,
     FAILURES_NAME,
-    FORMATS,
     IMAGE_EXTENSIONS,
-    IMAGES_DIR,
     JSONL_NAME,
     PredictError,
     PredictOptions,
@@ -32,10 +29,7 @@ from cvserve.predict.sources import find_images
 
 __all__ = [
     "COCO_NAME",
-    "DETECTION_TASKS",
     "FAILURES_NAME",
-    "FORMATS",
-    "IMAGES_DIR",
     "IMAGE_EXTENSIONS",
     "JSONL_NAME",
     "Backend",

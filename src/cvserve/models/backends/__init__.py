@@ -11,8 +11,6 @@ file and cached beside it, see `cvserve.models.backends.choose`).
 from __future__ import annotations
 
 from cvserve.models.backends.base import (
-    PRECISIONS,
-    RUNTIMES,
     Precision,
     Runtime,
     Session,
@@ -22,8 +20,6 @@ from cvserve.models.backends.base import (
 from cvserve.models.backends.choose import session_maker
 
 __all__ = [
-    "PRECISIONS",
-    "RUNTIMES",
     "Precision",
     "Runtime",
     "Session",

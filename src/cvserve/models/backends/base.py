@@ -10,11 +10,9 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 Runtime = Literal["auto", "onnxruntime", "openvino"]
-RUNTIMES: tuple[str, ...] = ("auto", "onnxruntime", "openvino")
 # f32: exact (OpenVINO is told f32 explicitly: on AMX/AVX512-BF16 CPUs its default is bf16).
 # bf16: opt-in, OpenVINO only; ONNX Runtime's CPU provider stays f32.
 Precision = Literal["f32", "bf16"]
-PRECISIONS: tuple[str, ...] = ("f32", "bf16")
 
 
 @dataclass(frozen=True)

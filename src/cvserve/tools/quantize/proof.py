@@ -78,7 +78,7 @@ def speed(
     float_path: Path, int8_path: Path, input_name: str, tensor: np.ndarray, repeats: int
 ) -> tuple[float, float]:
     """Median single-thread run times, float and int8 interleaved (fair on a busy machine)."""
-    from cvserve.models.runtime import make_session
+    from cvserve.models.backends.onnxruntime import make_session
 
     sessions = [make_session(float_path, 1), make_session(int8_path, 1)]
     feed = {input_name: tensor}
