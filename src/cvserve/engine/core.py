@@ -30,8 +30,8 @@ from cvserve.errors import BadRequest, DeadlineExceeded, ModelNotFound, Overload
 from cvserve.images import decode_image
 from cvserve.models.base import InferParams, Model, ModelInfo
 from cvserve.models.ids import parse_model_id
-from cvserve.models.manifest import info_from_manifest
 from cvserve.models.promptable import PromptableModel
+from cvserve.models.registry import info_from_manifest
 from cvserve.models.runtime import alone_hint, new_run_options, run_options
 from cvserve.models.store import ModelStore
 from cvserve.params import RenderOptions

@@ -28,7 +28,7 @@ from cvserve.errors import BadRequest, ModelLoadError, ModelNotFound
 from cvserve.models import registry
 from cvserve.models.base import Model, ModelInfo
 from cvserve.models.ids import parse_model_id
-from cvserve.models.manifest import MANIFEST_NAME, Manifest, info_from_manifest
+from cvserve.models.manifest import MANIFEST_NAME, Manifest
 from cvserve.models.memory import release_free_memory, resident_bytes
 from cvserve.models.runtime import RuntimeOptions, SessionPool
 
@@ -165,7 +165,7 @@ class ModelStore:
         out = []
         for mid in self.ids():
             try:
-                out.append(info_from_manifest(mid, self.manifest(mid)))
+                out.append(registry.info_from_manifest(mid, self.manifest(mid)))
             except ModelLoadError:
                 continue  # a broken folder must not hide the others
         return out

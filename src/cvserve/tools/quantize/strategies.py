@@ -145,14 +145,18 @@ def quantize_model(
     if not photos:
         raise BadRequest("quantizing needs at least one photo")
     manifest = store.manifest(model_id)
-    if manifest.family == "sam":
+    record = registry.family_of(manifest.family)
+    kind = record.quantize if record is not None else None
+    if kind == "encoder":
         return quantize_sam(
             store, model_id, photos, method or "dynamic", replace, repeats, force=force
         )
-    if manifest.family == "composite":
+    if kind == "composite":
         return quantize_composite(
             store, model_id, photos, method or "dynamic", replace, repeats, force=force
         )
+    if kind is None:
+        raise BadRequest(f"{model_id}: family {manifest.family} cannot be quantized")
     method = method or "static"
     if manifest.files:
         raise BadRequest(f"{model_id}: multi-file models ({manifest.family}) are not supported")
@@ -216,7 +220,8 @@ def quantize_composite(
     manifest = store.manifest(model_id)
     out_id = free_int8_id(store, model_id, replace)
     seg_id = str(manifest.postprocess.get("segmenter", ""))
-    if not seg_id or store.manifest(seg_id).family != "sam":
+    segmenter = registry.family_of(store.manifest(seg_id).family) if seg_id else None
+    if segmenter is None or segmenter.quantize != "encoder":
         raise BadRequest(f"{model_id}: its segmenter is not a SAM model")
     q_seg = int8_id(seg_id)
     sam_report = None
