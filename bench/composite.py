@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import CACHE, cores  # noqa: E402
 
+from cvserve.geometry import mask_iou  # noqa: E402
 from cvserve.models.base import InferParams  # noqa: E402
 from cvserve.models.runtime import RuntimeOptions, alone_hint  # noqa: E402
 from cvserve.models.store import ModelStore  # noqa: E402
@@ -79,12 +80,6 @@ def _old_path(model, image: np.ndarray, params: InferParams) -> list:  # noqa: A
     return model.per_box(emb, det.xyxy)
 
 
-def _iou(a, b, w: int, h: int) -> float:  # noqa: ANN001
-    fa, fb = a.full(w, h), b.full(w, h)
-    union = int(np.count_nonzero(fa | fb))
-    return float(np.count_nonzero(fa & fb) / union) if union else 1.0
-
-
 def composite_bench(store_dir: Path, rounds: int = 5, zoo_photos: bool = True) -> dict:
     n = cores()
     store = ModelStore(store_dir, RuntimeOptions(lanes=n, threads_per_lane=1, wide_threads=n))
@@ -116,14 +111,16 @@ def composite_bench(store_dir: Path, rounds: int = 5, zoo_photos: bool = True) -
         "classes": [new.name_of(i) for i in range(len(new))],
         "masks_identical_to_per_box": bool(same),
         "mask_iou_vs_per_box_min": min(
-            (_iou(a, b, w, h) for a, b in zip(new.masks, old, strict=False)), default=1.0
+            (mask_iou(a.full(w, h), b.full(w, h)) for a, b in zip(new.masks, old, strict=False)),
+            default=1.0,
         ),
     }
     enc()
     if quant is not None and q_enc is not None:
         qdet = quant.predict(image, params).result
         out["int8_bus_mask_iou"] = [
-            round(_iou(a, b, w, h), 4) for a, b in zip(new.masks, qdet.masks, strict=False)
+            round(mask_iou(a.full(w, h), b.full(w, h)), 4)
+            for a, b in zip(new.masks, qdet.masks, strict=False)
         ]
         q_enc()
     times: dict[str, list[float]] = {}

@@ -88,9 +88,11 @@ def bare_session(path: Path, threads: int, spin: bool = True) -> ort.InferenceSe
 
 def best_exact_runtime(path: Path, threads: int) -> str:
     """The runtime `auto` takes for this file: OpenVINO where it is exact and faster."""
-    from cvserve.models.backends import choose, openvino_available
+    from cvserve.models.backends import choose, registry
 
-    return choose.decide(path, threads)["runtime"] if openvino_available() else "onnxruntime"
+    return (
+        choose.decide(path, threads)["runtime"] if registry.available("openvino") else "onnxruntime"
+    )
 
 
 class Bare:

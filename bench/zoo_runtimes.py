@@ -56,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import CACHE, RESULTS_DIR, ROOT  # noqa: E402
 from memory import MODELS as TIMING_PHOTO  # noqa: E402  model -> its photo there
 
+from cvserve.geometry import mask_iou, match_boxes  # noqa: E402
 from cvserve.models.base import InferParams, Model  # noqa: E402
 from cvserve.models.runtime import RuntimeOptions, SessionPool, alone_hint  # noqa: E402
 from cvserve.models.store import ModelStore, runtimes_of  # noqa: E402
@@ -167,37 +168,6 @@ def bare_runs(model: Model, image: np.ndarray) -> Callable[[], None]:
 
 
 # -- agreement -------------------------------------------------------------------------------
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    x1, y1 = max(a[0], b[0]), max(a[1], b[1])
-    x2, y2 = min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
-def match(a: Detections, b: Detections, thr: float = 0.5) -> list[tuple[int, int, float]]:
-    """Greedy one-to-one matches (i in a, j in b, IoU): same class, IoU >= thr, a's boxes
-    in order (highest score first), each taking b's best free box."""
-    used: set[int] = set()
-    out = []
-    for i in range(len(a)):
-        best, best_j = 0.0, -1
-        for j in range(len(b)):
-            if j not in used and a.class_id[i] == b.class_id[j]:
-                iou = _iou(a.xyxy[i], b.xyxy[j])
-                if iou > best:
-                    best, best_j = iou, j
-        if best >= thr:
-            used.add(best_j)
-            out.append((i, best_j, best))
-    return out
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = int(np.count_nonzero(a | b))
-    return float(np.count_nonzero(a & b) / union) if union else 1.0
-
-
 def agreement(refs: list[Any], others: list[Any], photos: list[np.ndarray]) -> dict[str, Any]:
     first = refs[0]
     if isinstance(first, Detections):
@@ -239,7 +209,7 @@ def _detections(refs: list[Any], others: list[Any], photos: list[np.ndarray]) ->
     has_kp = has_masks = False
     for a, b, img in zip(refs, others, photos, strict=True):
         h, w = img.shape[:2]
-        pairs = match(a, b)
+        pairs = match_boxes(a.xyxy, a.class_id, b.xyxy, b.class_id)
         n_ref, n_other, matched = n_ref + len(a), n_other + len(b), matched + len(pairs)
         for i, j, iou in pairs:
             ious.append(iou)

@@ -20,7 +20,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
-import cvserve.tools.quantize as quantize
+import cvserve.tools.quantize.graph as quantize
 from cvserve.errors import BadRequest
 from cvserve.models.base import InferParams, Task
 from cvserve.models.runtime import RuntimeOptions

@@ -51,7 +51,7 @@ def _sleepy_loader(model_id: str, manifest: Manifest, folder: Path, options: Run
     """A family whose loading takes SLEEPY_LOAD_S (think: a huge initializer)."""
     time.sleep(SLEEPY_LOAD_S)
     registry.known_families()  # make sure the real families are registered
-    return registry._FAMILIES["yolo"](model_id, manifest, folder, options)
+    return registry._FAMILIES["yolo"].load(model_id, manifest, folder, options)
 
 
 @pytest.fixture(scope="module")

@@ -17,15 +17,15 @@ COCO_SKELETON = [
 ]  # fmt: skip
 
 
-# RetinaFace's five landmarks, in the network's output order.
+# RetinaFace's five landmarks, in the network's output order, named from the subject's point
+# of view like COCO keypoints (point 0 is the eye on the image's left: the subject's right).
 FACE_LANDMARKS = ["right_eye", "left_eye", "nose", "right_mouth", "left_mouth"]
 FACE_SKELETON = [(0, 1), (0, 2), (1, 2), (2, 3), (2, 4), (3, 4)]
 
-# Families whose graphs fix their keypoint layout; others go by `postprocess.kpt_shape`.
-FAMILY_LAYOUTS: dict[str, tuple[list[str], list[tuple[int, int]]]] = {
-    "movenet": (COCO_KEYPOINTS, COCO_SKELETON),
-    "retinaface": (FACE_LANDMARKS, FACE_SKELETON),
-}
+# Names and skeleton edges, as a family record fixes them (cvserve.models.registry).
+KeypointLayout = tuple[list[str], list[tuple[int, int]]]
+COCO_LAYOUT: KeypointLayout = (COCO_KEYPOINTS, COCO_SKELETON)
+FACE_LAYOUT: KeypointLayout = (FACE_LANDMARKS, FACE_SKELETON)
 
 
 def default_names(count: int) -> list[str]:
@@ -39,14 +39,13 @@ def default_skeleton(count: int) -> list[tuple[int, int]]:
 
 
 def keypoint_layout(
-    family: str,
+    fixed: KeypointLayout | None,
     names: list[str],
     skeleton: list[tuple[int, int]],
     postprocess: dict[str, Any],
-) -> tuple[list[str], list[tuple[int, int]]]:
+) -> KeypointLayout:
     """The keypoint names and skeleton edges a model is drawn with: its manifest's own, else
     its family's fixed layout, else COCO's for 17 keypoints (and no edges otherwise)."""
-    fixed = FAMILY_LAYOUTS.get(family)
     if fixed is not None:
         default_n, default_s = list(fixed[0]), list(fixed[1])
     else:

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from cvserve.errors import CVServeError
+from cvserve.params import PARAM
 from cvserve.settings import Settings
 
 console = Console(stderr=True)
@@ -24,6 +25,16 @@ def setting_option(name: str, *flags: str, help: str, shown: str | None = None) 
     default = field.default if field.default_factory is None else None  # no env read at import
     show: bool | str = shown or (str(default) if default not in (None, (), "") else False)
     return typer.Option(None, *flags, envvar=Settings.env_name(name), show_default=show, help=help)
+
+
+def param_option(name: str) -> Any:
+    """A flag for inference parameter `name`: its names and help come from the parameter spec.
+
+    It is read as text and parsed by the spec, so a malformed value gets the server's message.
+    """
+    param = PARAM[name]
+    assert param.flags, f"parameter {name} has no command-line flag"
+    return typer.Option(None, *param.flags, help=param.description)
 
 
 MODELS_DIR_OPT: Any = setting_option(

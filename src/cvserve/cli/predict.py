@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cvserve.cli.common import MODELS_DIR_OPT, console, settings_with
+from cvserve.cli.common import MODELS_DIR_OPT, console, param_option, settings_with
 
 
 def predict(
@@ -17,11 +17,12 @@ def predict(
     save_images: bool = typer.Option(False, "--save-images", help="Also write annotated images."),
     url: str | None = typer.Option(None, "--url", envvar="CVSERVE_URL", help="Use this server instead of running in-process."),
     api_key: str | None = typer.Option(None, "--api-key", envvar="CVSERVE_API_KEY", help="Key for --url."),
-    confidence: float | None = typer.Option(None, "--confidence", "-c", help="Threshold: percent (40) or fraction (0.4)."),
-    overlap: float | None = typer.Option(None, "--overlap", help="NMS IoU: percent or fraction."),
-    classes: str | None = typer.Option(None, "--classes", help="Comma-separated class names to keep."),
-    max_detections: int | None = typer.Option(None, "--max-detections"),
-    mask_format: str | None = typer.Option(None, "--mask-format", help="polygon or rle."),
+    confidence: str | None = param_option("confidence"),
+    overlap: str | None = param_option("overlap"),
+    classes: str | None = param_option("classes"),
+    max_detections: str | None = param_option("max_detections"),
+    keypoint_confidence: str | None = param_option("keypoint_confidence"),
+    mask_format: str | None = param_option("response_mask_format"),
     concurrency: int | None = typer.Option(None, "--concurrency", "-j", help="Images in flight."),
     models_dir: Path | None = MODELS_DIR_OPT,
 ) -> None:  # fmt: skip
@@ -29,17 +30,20 @@ def predict(
     from rich.markup import escape as rich_escape
 
     from cvserve.cli.display import print_summary, run_with_progress
-    from cvserve.predict import PredictError, PredictOptions
+    from cvserve.predict import PredictError, PredictOptions, parameters_from_flags
 
-    opts = PredictOptions(
-        source=source, model_id=model, out=out, format=fmt.lower(), save_images=save_images,
-        url=url, api_key=api_key, confidence=confidence, overlap=overlap, classes=classes,
-        max_detections=max_detections, mask_format=mask_format, concurrency=concurrency,
-        models_dir=models_dir,
-    )  # fmt: skip
-    # In-process runs take the store, limits and cores from Settings; --url needs none.
-    settings = None if url else settings_with(models_dir=models_dir)
     try:
+        opts = PredictOptions(
+            source=source, model_id=model, out=out, format=fmt.lower(), save_images=save_images,
+            url=url, api_key=api_key, concurrency=concurrency, models_dir=models_dir,
+            **parameters_from_flags({
+                "confidence": confidence, "overlap": overlap, "classes": classes,
+                "max_detections": max_detections, "keypoint_confidence": keypoint_confidence,
+                "response_mask_format": mask_format,
+            }),
+        )  # fmt: skip
+        # In-process runs take the store, limits and cores from Settings; --url needs none.
+        settings = None if url else settings_with(models_dir=models_dir)
         summary = run_with_progress(opts, console, settings)
     except PredictError as e:
         console.print(f"[red]error:[/red] {rich_escape(str(e))}", soft_wrap=True)

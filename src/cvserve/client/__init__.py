@@ -34,8 +34,6 @@ from cvserve.wire.hosted import prediction_from_json
 from cvserve.wire.hosted import rle_decode as rle_decode
 from cvserve.wire.hosted import task_of as task_of
 
-_rle_decode = rle_decode  # the private name `cvserve predict` imports
-
 __all__ = [
     "Client",
     "CVServeHTTPError",

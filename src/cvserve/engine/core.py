@@ -32,7 +32,7 @@ from cvserve.errors import BadRequest, DeadlineExceeded, ModelNotFound, Overload
 from cvserve.images import decode_image
 from cvserve.models.base import InferParams, Model, ModelInfo
 from cvserve.models.ids import parse_model_id
-from cvserve.models.manifest import info_from_manifest
+from cvserve.models.registry import info_from_manifest
 from cvserve.models.runtime import alone_hint, new_run_options, run_options
 from cvserve.models.store import LoadStats, ModelStore
 from cvserve.settings import Settings

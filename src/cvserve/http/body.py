@@ -35,9 +35,7 @@ async def read_body(request: Request, limit: int) -> bytes:
         if size > limit:
             raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
-    body = b"".join(chunks)
-    request._body = body  # let request.form() reuse what we already read
-    return body
+    return b"".join(chunks)
 
 
 async def read_json(request: Request, limit: int = JSON_LIMIT) -> Any:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import math
-from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter
@@ -20,13 +18,8 @@ from cvserve.http.openapi import INFER_DOC, MODEL_ID_BODY
 from cvserve.http.responses import json_response
 from cvserve.http.state import AppState
 from cvserve.images import decode_base64
-from cvserve.models.base import InferParams, ModelInfo, Task
-from cvserve.params import (
-    CONFIDENCE_WORDS,
-    MAX_DETECTIONS_LIMIT,
-    RenderOptions,
-    parse_fraction,
-)
+from cvserve.models.base import ModelInfo, Task
+from cvserve.params import parse_infer
 
 ROUTE_TASKS = {
     "object_detection": Task.OBJECT_DETECTION,
@@ -36,52 +29,6 @@ ROUTE_TASKS = {
     "semantic_segmentation": Task.SEMANTIC_SEGMENTATION,
 }
 MAX_IMAGES_PER_REQUEST = 16
-
-
-def _fraction(body: dict[str, Any], name: str, default: float) -> float:
-    value = body.get(name)
-    if value is None or (name == "confidence" and value in CONFIDENCE_WORDS):
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise BadRequest(f"field {name} must be a number")
-    return parse_fraction(name, str(value))
-
-
-def _stroke(body: dict[str, Any]) -> int:
-    value = body.get("visualization_stroke_width")
-    if value is None:
-        return 1
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or not 0 <= value <= 100
-    ):
-        raise BadRequest("field visualization_stroke_width must be a number from 0 to 100")
-    return int(value)
-
-
-def _params(body: dict[str, Any], task: Task) -> InferParams:
-    defaults = InferParams.defaults_for(task)
-    max_det = body.get("max_detections", defaults.max_detections)
-    if (
-        not isinstance(max_det, int)
-        or isinstance(max_det, bool)
-        or not (1 <= max_det <= MAX_DETECTIONS_LIMIT)
-    ):
-        raise BadRequest(f"field max_detections must be an integer 1..{MAX_DETECTIONS_LIMIT}")
-    class_filter = body.get("class_filter")
-    if class_filter is not None and (
-        not isinstance(class_filter, list) or not all(isinstance(c, str) for c in class_filter)
-    ):
-        raise BadRequest("field class_filter must be a list of class names")
-    return InferParams(
-        confidence=_fraction(body, "confidence", defaults.confidence),
-        iou=_fraction(body, "iou_threshold", defaults.iou),
-        max_detections=max_det,
-        class_filter=frozenset(class_filter) if class_filter else None,
-        keypoint_confidence=_fraction(body, "keypoint_confidence", 0.0),
-    )
 
 
 async def _image_bytes(state: AppState, image: Any) -> bytes:
@@ -158,13 +105,7 @@ def build_router(state: AppState) -> APIRouter:
         info = engine.model_info(model_id)
         if info.task is not task:
             raise BadRequest(f"model {model_id} is a {info.task.value} model, not {task.value}")
-        params = _params(body, task)
-        render = RenderOptions(
-            stroke=_stroke(body),
-            labels=bool(body.get("visualization_labels", False)),
-            mask_format="rle" if body.get("response_mask_format") == "rle" else "polygon",
-        )
-        visualize = bool(body.get("visualize_predictions", False))
+        params, render = parse_infer(body, task)
         images = body.get("image")
         if images is None:
             raise BadRequest("field image is required")
@@ -173,8 +114,7 @@ def build_router(state: AppState) -> APIRouter:
         if not items or len(items) > MAX_IMAGES_PER_REQUEST:
             raise BadRequest(f"send between 1 and {MAX_IMAGES_PER_REQUEST} images per request")
         payloads = [await _image_bytes(state, item) for item in items]
-        fmt = "image_and_json" if visualize else "json"
-        encoder = HostedAnswer(replace(render, format=fmt), visualization_key=True)
+        encoder = HostedAnswer(render, visualization_key=True)
         answers = await asyncio.gather(
             *(engine.infer(model_id, data, params, encoder) for data in payloads)
         )

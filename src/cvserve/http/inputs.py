@@ -6,6 +6,7 @@ from __future__ import annotations
 import orjson
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
+from starlette.types import Message
 
 from cvserve.errors import BadRequest
 from cvserve.http.body import read_body
@@ -30,7 +31,7 @@ async def image_from_request(request: Request, state: AppState) -> bytes:
     body = await read_body(request, state.settings.max_body_bytes)
     ctype = request.headers.get("content-type", "").lower()
     if ctype.startswith("multipart/form-data"):
-        return await _from_multipart(request)
+        return await _from_multipart(request, body)
     return bytes_from_body(body)
 
 
@@ -68,6 +69,15 @@ def base64_or_binary(data: bytes) -> bytes:
         raise
 
 
+def _replayed(request: Request, body: bytes) -> Request:
+    """The request over a receive that replays `body`: its stream was read (within the limit)."""
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return Request(request.scope, receive)
+
+
 def _from_json_object(body: bytes) -> bytes:
     try:
         data = orjson.loads(body)
@@ -83,8 +93,8 @@ def _from_json_object(body: bytes) -> bytes:
     return decode_base64(image)
 
 
-async def _from_multipart(request: Request) -> bytes:
-    form = await request.form(max_files=4, max_fields=32)
+async def _from_multipart(request: Request, body: bytes) -> bytes:
+    form = await _replayed(request, body).form(max_files=4, max_fields=32)
     try:
         part = form.get("file") or form.get("image")
         if part is None:

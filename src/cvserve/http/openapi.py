@@ -3,7 +3,7 @@
 The hosted route, `/infer/*` and the platform routes parse parameters and bodies
 themselves (strictly, with a 400 that names the field, never FastAPI's 422), so their
 parameters, body forms and response shapes are declared here, as documentation only.
-(Over 400 lines because it is schema data, one block per route family, not logic.)
+The inference parameters themselves come from their spec, `cvserve.params`.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel
+
+from cvserve.params.schema import body_properties, query_parameters
 
 
 def _inline(schema: dict[str, Any]) -> dict[str, Any]:
@@ -37,7 +39,8 @@ def json_body(model: type[BaseModel]) -> dict[str, Any]:
     }
 
 
-def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+def query_param(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """A query parameter a route module parses itself (the hosted ones come from the spec)."""
     return {
         "name": name,
         "in": "query",
@@ -47,54 +50,7 @@ def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any
     }
 
 
-query_param = _query  # for the route modules that document their own query parameters
-_NUMBER = {"type": "number", "minimum": 0, "maximum": 100}
-_BOOL = {"type": "string", "enum": ["true", "false"]}
-HOSTED_PARAMETERS = [
-    _query(
-        "confidence",
-        "Minimum confidence: a fraction (0.4) or a percentage (40); `default`/`best` mean "
-        "the task's default (0.4, or 0.5 for classification and semantic segmentation).",
-        {"anyOf": [_NUMBER, {"type": "string", "enum": ["default", "best"]}]},
-    ),
-    _query("overlap", "NMS IoU threshold, fraction or percentage (default 0.3).", _NUMBER),
-    _query("classes", "Comma-separated class names to keep.", {"type": "string"}),
-    _query(
-        "format",
-        "`json` (default), `image` (the annotated JPEG) or `image_and_json` (JSON with a "
-        "base64 `visualization`).",
-        {"type": "string", "enum": ["json", "image", "image_and_json"]},
-    ),
-    _query(
-        "stroke",
-        "Line width of the annotations, 0-100 (default 1).",
-        {"type": "integer", "minimum": 0, "maximum": 100},
-    ),
-    _query("labels", "Draw class names on the annotated image.", _BOOL),
-    _query(
-        "max_detections",
-        "At most this many detections (1-10000, default 300).",
-        {"type": "integer", "minimum": 1, "maximum": 10000},
-    ),
-    _query("keypoint_confidence", "Drop keypoints below this confidence (default 0).", _NUMBER),
-    _query("name", "Echoed back as `image_path` (classification).", {"type": "string"}),
-    _query(
-        "response_mask_format",
-        "Instance masks as `polygon` points (default) or also as COCO `rle`.",
-        {"type": "string", "enum": ["polygon", "rle"]},
-    ),
-    _query(
-        "image",
-        "URL of the image to fetch, instead of a body.",
-        {"type": "string", "format": "uri"},
-    ),
-    _query(
-        "fast",
-        "Opt-in fast decode and resize: faster, pixels differ slightly from the reference.",
-        _BOOL,
-    ),
-    _query("api_key", "API key (also `Authorization: Bearer` or `api-key`).", {"type": "string"}),
-]
+HOSTED_PARAMETERS = query_parameters()
 
 _IMAGE = {"type": "string", "format": "binary"}
 _BASE64 = {"type": "string", "description": "base64 image, a `data:` URI allowed"}
@@ -363,15 +319,7 @@ INFER_BODY: dict[str, Any] = {
                         "description": "one image, or a list of up to 16",
                         "anyOf": [_SDK_IMAGE, {"type": "array", "items": _SDK_IMAGE}],
                     },
-                    "confidence": {"type": "number"},
-                    "iou_threshold": {"type": "number"},
-                    "max_detections": {"type": "integer", "minimum": 1, "maximum": 10000},
-                    "class_filter": {"type": "array", "items": {"type": "string"}},
-                    "keypoint_confidence": {"type": "number"},
-                    "visualize_predictions": {"type": "boolean"},
-                    "visualization_stroke_width": {"type": "number", "minimum": 0, "maximum": 100},
-                    "visualization_labels": {"type": "boolean"},
-                    "response_mask_format": {"type": "string", "enum": ["polygon", "rle"]},
+                    **body_properties(),
                     "api_key": {"type": "string"},
                 },
             }

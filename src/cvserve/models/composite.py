@@ -20,7 +20,7 @@ from cvserve.errors import ModelLoadError
 from cvserve.models import registry
 from cvserve.models.base import InferParams, Model, Task
 from cvserve.models.ids import parse_model_id
-from cvserve.models.manifest import Manifest, info_from_manifest
+from cvserve.models.manifest import Manifest
 from cvserve.models.promptable import PromptableModel
 from cvserve.models.runtime import RuntimeOptions
 from cvserve.models.sam import crop_box
@@ -63,7 +63,7 @@ class CompositeModel(Model):
         ):
             self.close()
             raise ModelLoadError(f"model {model_id}: needs a detector and a SAM model")
-        self.info = info_from_manifest(model_id, manifest)
+        self.info = registry.info_from_manifest(model_id, manifest)
         self.info.class_names = list(self.detector.class_names)
         self.info.input_size = self.detector.info.input_size
 
@@ -91,7 +91,7 @@ class CompositeModel(Model):
         self.segmenter.close()
 
 
-@registry.family("composite")
+@registry.family("composite", quantize="composite")
 def load_composite(
     model_id: str, manifest: Manifest, folder: Path, options: RuntimeOptions
 ) -> CompositeModel:

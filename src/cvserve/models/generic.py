@@ -11,7 +11,7 @@ from cvserve.models.base import InferParams
 from cvserve.models.manifest import Manifest
 from cvserve.models.onnx_model import OnnxModel
 from cvserve.models.preprocess import Transform
-from cvserve.models.registry import family
+from cvserve.models.registry import FamilyOptions, family
 from cvserve.models.runtime import RuntimeOptions
 from cvserve.results import Classification, Prediction, SemanticMask
 
@@ -42,17 +42,26 @@ def activate(raw: np.ndarray, activation: str, multilabel: bool) -> np.ndarray:
     return raw if looks_like_probabilities(raw) else softmax(raw)
 
 
+class ClassifierOptions(FamilyOptions):
+    output: int = 0  # which graph output holds the scores
+    activation: str = "auto"  # softmax, sigmoid, none, or auto (see `activate`)
+    class_offset: int = 0  # leading scores no class name has, e.g. a background slot
+
+
 class Classifier(OnnxModel):
+    def __init__(self, model_id: str, manifest: Manifest, folder: Path, options: RuntimeOptions):
+        super().__init__(model_id, manifest, folder, options)
+        self.options = ClassifierOptions.read(model_id, manifest.postprocess)
+
     def predict(self, image: np.ndarray, params: InferParams) -> Prediction:
         tensor, _ = self.preprocess(image)
-        raw = self.run(tensor)[int(self.manifest.postprocess.get("output", 0))]
+        raw = self.run(tensor)[self.options.output]
         raw = np.asarray(raw, np.float32).reshape(-1)
-        activation = str(self.manifest.postprocess.get("activation", "auto"))
-        scores = activate(raw, activation, self.manifest.multilabel).astype(np.float32)
+        scores = activate(raw, self.options.activation, self.manifest.multilabel)
+        scores = scores.astype(np.float32)
         names = self.class_names or [str(i) for i in range(scores.size)]
-        offset = int(self.manifest.postprocess.get("class_offset", 0))  # e.g. a background slot
-        if offset:
-            scores = scores[offset:]
+        if self.options.class_offset:
+            scores = scores[self.options.class_offset :]
         return Prediction(
             Classification(scores[: len(names)], names[: scores.size], self.manifest.multilabel),
             image.shape[1],
@@ -60,17 +69,27 @@ class Classifier(OnnxModel):
         )
 
 
+class SemanticOptions(FamilyOptions):
+    output: int = 0  # which graph output holds the planes
+    kind: str = "auto"  # foreground, probabilities, logits, or auto (by the plane count)
+    minmax_normalize: bool = False  # scale the output to 0..1 first (uncalibrated maps)
+
+
 class SemanticSegmenter(OnnxModel):
     """[1,C,H,W] logits/probabilities, or [1,1,H,W] / [1,H,W] foreground probability."""
 
+    def __init__(self, model_id: str, manifest: Manifest, folder: Path, options: RuntimeOptions):
+        super().__init__(model_id, manifest, folder, options)
+        self.options = SemanticOptions.read(model_id, manifest.postprocess)
+
     def predict(self, image: np.ndarray, params: InferParams) -> Prediction:
         tensor, transform = self.preprocess(image)
-        out = np.asarray(self.run(tensor)[int(self.manifest.postprocess.get("output", 0))])
-        kind = str(self.manifest.postprocess.get("kind", "auto"))
+        out = np.asarray(self.run(tensor)[self.options.output])
+        kind = self.options.kind
         if out.ndim == 3:
             out = out[:, None]
         out = out[0].astype(np.float32, copy=False)  # (C, H, W)
-        if self.manifest.postprocess.get("minmax_normalize"):
+        if self.options.minmax_normalize:
             lo, hi = float(out.min()), float(out.max())
             out = (out - lo) / (hi - lo) if hi > lo else np.zeros_like(out)
         h, w = image.shape[:2]
@@ -128,14 +147,14 @@ def _to_image(
     return cv2.resize(np.ascontiguousarray(crop), (width, height), interpolation=interp)
 
 
-@family("classifier")
+@family("classifier", options=ClassifierOptions, quantize="tensor")
 def load_classifier(
     model_id: str, manifest: Manifest, folder: Path, options: RuntimeOptions
 ) -> Classifier:
     return Classifier(model_id, manifest, folder, options)
 
 
-@family("semantic")
+@family("semantic", options=SemanticOptions, quantize="tensor")
 def load_semantic(
     model_id: str, manifest: Manifest, folder: Path, options: RuntimeOptions
 ) -> SemanticSegmenter:

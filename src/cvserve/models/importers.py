@@ -12,13 +12,13 @@ from typing import Any
 import onnxruntime as ort
 
 from cvserve.errors import BadRequest, ModelLoadError
+from cvserve.models import registry
 from cvserve.models.base import ModelInfo, Task
 from cvserve.models.manifest import (
     MANIFEST_NAME,
     Manifest,
     Preprocess,
     ResizeMode,
-    info_from_manifest,
 )
 from cvserve.models.store import ModelStore
 
@@ -189,10 +189,8 @@ def import_model(
     try:
         manifest = _stage(path, staged, config)
         manifest.write(staged)
-        info = info_from_manifest(model_id, manifest)
+        info = registry.info_from_manifest(model_id, manifest)
         # Prove it loads before it lands in the store.
-        from cvserve.models import registry
-
         registry.load(model_id, manifest, staged, store.options).close()
         store.install(model_id, staged, replace=replace)
         return info

@@ -14,8 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cvserve.errors import CVServeError, ModelLoadError
-from cvserve.keypoint_sets import keypoint_layout
-from cvserve.models.base import ModelInfo, Task
+from cvserve.models.base import Task
 from cvserve.models.ids import parse_model_id
 
 MANIFEST_NAME = "cvserve.json"
@@ -137,25 +136,3 @@ def composite_source(manifest: Manifest, root: Path) -> dict[str, Any]:
         source["parts"] = parts
         source["licence"] = compose_licence(parts)
     return source
-
-
-def info_from_manifest(model_id: str, manifest: Manifest) -> ModelInfo:
-    """What a model folder's manifest tells about it, without loading any weights."""
-    size = manifest.preprocess.size
-    names: list[str] = []
-    skeleton: list[tuple[int, int]] = []
-    if manifest.task is Task.KEYPOINT_DETECTION:
-        names, skeleton = keypoint_layout(
-            manifest.family, manifest.keypoint_names, manifest.skeleton, manifest.postprocess
-        )
-    return ModelInfo(
-        model_id=model_id,
-        task=manifest.task,
-        class_names=list(manifest.class_names),
-        input_size=(int(size[0]), int(size[1])) if size else None,
-        family=manifest.family,
-        multilabel=manifest.multilabel,
-        source=dict(manifest.source),
-        keypoint_names=names,
-        skeleton=skeleton,
-    )

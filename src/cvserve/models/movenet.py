@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from cvserve.keypoint_sets import COCO_KEYPOINTS, COCO_SKELETON
+from cvserve.keypoint_sets import COCO_KEYPOINTS, COCO_LAYOUT, COCO_SKELETON
 from cvserve.models.base import InferParams
 from cvserve.models.manifest import Manifest
 from cvserve.models.nms import nms
 from cvserve.models.onnx_model import OnnxModel
 from cvserve.models.preprocess import Transform, prepare, to_tensor
-from cvserve.models.registry import family
+from cvserve.models.registry import FamilyOptions, family
 from cvserve.models.runtime import RuntimeOptions
 from cvserve.results import Detections, Prediction
 
@@ -32,10 +32,14 @@ DEFAULT_SIDE = 256
 K = 17
 
 
+class MoveNetOptions(FamilyOptions):
+    input_side: int = DEFAULT_SIDE  # the longer side of the (multiple-of-32) input
+
+
 class MoveNetModel(OnnxModel):
     def __init__(self, model_id: str, manifest: Manifest, folder: Path, options: RuntimeOptions):
         super().__init__(model_id, manifest, folder, options)
-        self.side = int(manifest.postprocess.get("input_side", DEFAULT_SIDE))
+        self.side = MoveNetOptions.read(model_id, manifest.postprocess).input_side
         self.keypoint_names = list(manifest.keypoint_names) or list(COCO_KEYPOINTS)
         self.skeleton = [(a, b) for a, b in manifest.skeleton] or list(COCO_SKELETON)
         self._spec = manifest.preprocess.model_copy(
@@ -102,7 +106,7 @@ class MoveNetModel(OnnxModel):
         return Prediction(det, w, h)
 
 
-@family("movenet")
+@family("movenet", options=MoveNetOptions, keypoints=COCO_LAYOUT, quantize="tensor")
 def load_movenet(
     model_id: str, manifest: Manifest, folder: Path, options: RuntimeOptions
 ) -> MoveNetModel:

@@ -4,37 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """IoU of one xyxy box against many."""
-    x1 = np.maximum(box[0], boxes[:, 0])
-    y1 = np.maximum(box[1], boxes[:, 1])
-    x2 = np.minimum(box[2], boxes[:, 2])
-    y2 = np.minimum(box[3], boxes[:, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    union = area + areas - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
-
+from cvserve.geometry import box_iou, pairwise_iou
 
 # After _LOOP_FIRST boxes kept one at a time, if at most _MATRIX_MAX candidates remain, all
 # their pairwise IoUs are computed at once (n^2 float64: 8 MB at 1000) and the greedy pass
 # only reads rows; beyond, IoUs are computed per kept box.
 _MATRIX_MAX = 1000
 _LOOP_FIRST = 8
-
-
-def pairwise_iou(boxes: np.ndarray) -> np.ndarray:
-    """(n, n) IoU matrix of xyxy boxes; the same arithmetic as box_iou, so the same values."""
-    x1 = np.maximum(boxes[:, None, 0], boxes[None, :, 0])
-    y1 = np.maximum(boxes[:, None, 1], boxes[None, :, 1])
-    x2 = np.minimum(boxes[:, None, 2], boxes[None, :, 2])
-    y2 = np.minimum(boxes[:, None, 3], boxes[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    union = areas[:, None] + areas[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
 def _greedy(boxes: np.ndarray, order: np.ndarray, iou: float, max_keep: int) -> np.ndarray:

@@ -9,8 +9,9 @@ import numpy as np
 
 from cvserve.errors import ModelLoadError
 from cvserve.models.base import Model
-from cvserve.models.manifest import Manifest, info_from_manifest
+from cvserve.models.manifest import Manifest
 from cvserve.models.preprocess import Transform, prepare_tensor
+from cvserve.models.registry import info_from_manifest
 from cvserve.models.runtime import RuntimeOptions, SessionPool
 
 

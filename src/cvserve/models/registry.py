@@ -1,21 +1,58 @@
-"""Family name (manifest `family`) -> loader. Each family module registers itself here."""
+"""One record per model family, in one registry: how it loads, its typed post-processing
+options, a keypoint layout its graph fixes, and how `cvserve models quantize` treats it.
+
+A new family is one module that declares its record (`@family(...)` on its loader) plus one
+line in `_FAMILY_MODULES`.
+"""
 
 from __future__ import annotations
 
 import importlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from cvserve.errors import ModelLoadError
-from cvserve.models.base import Model
+from cvserve.keypoint_sets import KeypointLayout, keypoint_layout
+from cvserve.models.base import Model, ModelInfo, Task
 from cvserve.models.manifest import Manifest
 from cvserve.models.runtime import RuntimeOptions
 
 Loader = Callable[[str, Manifest, Path, RuntimeOptions], Model]
+# "tensor": one ONNX file run on the family's preprocessed tensor; "encoder": SAM's image
+# encoder only; "composite": its parts' int8 variants. None: not quantized.
+QuantizeKind = Literal["tensor", "encoder", "composite"]
+_Options = TypeVar("_Options", bound="FamilyOptions")
 
-_FAMILIES: dict[str, Loader] = {}
+
+class FamilyOptions(BaseModel):
+    """A family's `postprocess` options, typed; keys it does not read are kept, not refused."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    @classmethod
+    def read(cls: type[_Options], model_id: str, postprocess: Mapping[str, Any]) -> _Options:
+        try:
+            return cls.model_validate(dict(postprocess))
+        except ValidationError as e:
+            raise ModelLoadError(f"model {model_id}: invalid postprocess options: {e}") from None
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    load: Loader
+    options: type[FamilyOptions] = FamilyOptions
+    keypoints: KeypointLayout | None = None  # None: the manifest's, or by postprocess.kpt_shape
+    quantize: QuantizeKind | None = None
+
+
+_FAMILIES: dict[str, Family] = {}
 
 # Modules that define families; imported on first use so start-up stays cheap.
 _FAMILY_MODULES = (
@@ -30,9 +67,17 @@ _FAMILY_MODULES = (
 _loaded = False
 
 
-def family(name: str) -> Callable[[Loader], Loader]:
+def family(
+    name: str,
+    *,
+    options: type[FamilyOptions] = FamilyOptions,
+    keypoints: KeypointLayout | None = None,
+    quantize: QuantizeKind | None = None,
+) -> Callable[[Loader], Loader]:
+    """Register the decorated loader as family `name`'s, with the rest of its record."""
+
     def register(loader: Loader) -> Loader:
-        _FAMILIES[name] = loader
+        _FAMILIES[name] = Family(name, loader, options, keypoints, quantize)
         return loader
 
     return register
@@ -56,14 +101,45 @@ def known_families() -> list[str]:
     return sorted(_FAMILIES)
 
 
-def load(model_id: str, manifest: Manifest, folder: Path, options: RuntimeOptions) -> Model:
+def family_of(name: str) -> Family | None:
     _ensure_loaded()
-    loader = _FAMILIES.get(manifest.family)
-    if loader is None:
+    return _FAMILIES.get(name)
+
+
+def load(model_id: str, manifest: Manifest, folder: Path, options: RuntimeOptions) -> Model:
+    record = family_of(manifest.family)
+    if record is None:
         raise ModelLoadError(
             f"model {model_id}: unknown family {manifest.family!r}; known: {', '.join(sorted(_FAMILIES))}"
         )
-    return loader(model_id, manifest, folder, options)
+    return record.load(model_id, manifest, folder, options)
+
+
+def info_from_manifest(model_id: str, manifest: Manifest) -> ModelInfo:
+    """What a model folder's manifest (and its family's record) tell about it, without
+    loading any weights."""
+    size = manifest.preprocess.size
+    names: list[str] = []
+    skeleton: list[tuple[int, int]] = []
+    if manifest.task is Task.KEYPOINT_DETECTION:
+        record = family_of(manifest.family)
+        names, skeleton = keypoint_layout(
+            record.keypoints if record else None,
+            manifest.keypoint_names,
+            manifest.skeleton,
+            manifest.postprocess,
+        )
+    return ModelInfo(
+        model_id=model_id,
+        task=manifest.task,
+        class_names=list(manifest.class_names),
+        input_size=(int(size[0]), int(size[1])) if size else None,
+        family=manifest.family,
+        multilabel=manifest.multilabel,
+        source=dict(manifest.source),
+        keypoint_names=names,
+        skeleton=skeleton,
+    )
 
 
 _store = threading.local()

@@ -15,23 +15,19 @@ from pathlib import Path
 
 import numpy as np
 
-from cvserve.keypoint_sets import FACE_LANDMARKS, FACE_SKELETON
+from cvserve.keypoint_sets import FACE_LANDMARKS, FACE_LAYOUT, FACE_SKELETON
 from cvserve.models.base import InferParams
 from cvserve.models.manifest import Manifest
 from cvserve.models.nms import nms
 from cvserve.models.onnx_model import OnnxModel
 from cvserve.models.preprocess import Transform, prepare, to_tensor
-from cvserve.models.registry import family
+from cvserve.models.registry import FamilyOptions, family
 from cvserve.models.runtime import RuntimeOptions
 from cvserve.results import Detections, Prediction
 
 STRIDES = (8, 16, 32)
 MIN_SIZES = ((16, 32), (64, 128), (256, 512))
 VARIANCES = (0.1, 0.2)
-# The landmark order of the reference implementation, named from the subject's point of
-# view like COCO keypoints (point 0 is the eye on the image's left: the subject's right).
-LANDMARK_NAMES = FACE_LANDMARKS
-LANDMARK_EDGES = FACE_SKELETON
 DEFAULT_MAX_SIDE = 1024
 
 
@@ -67,13 +63,17 @@ def decode(
     return boxes, pts
 
 
+class RetinaFaceOptions(FamilyOptions):
+    max_side: int = DEFAULT_MAX_SIDE  # longer side big photos are scaled down to (0: never)
+
+
 class RetinaFaceModel(OnnxModel):
     def __init__(self, model_id: str, manifest: Manifest, folder: Path, options: RuntimeOptions):
         super().__init__(model_id, manifest, folder, options)
         # Big photos are scaled down first: faces stay findable, compute stays bounded.
-        self.max_side = int(manifest.postprocess.get("max_side", DEFAULT_MAX_SIDE))
-        self.keypoint_names = list(manifest.keypoint_names) or LANDMARK_NAMES
-        self.skeleton = [(a, b) for a, b in manifest.skeleton] or LANDMARK_EDGES
+        self.max_side = RetinaFaceOptions.read(model_id, manifest.postprocess).max_side
+        self.keypoint_names = list(manifest.keypoint_names) or FACE_LANDMARKS
+        self.skeleton = [(a, b) for a, b in manifest.skeleton] or FACE_SKELETON
         self._spec = manifest.preprocess.model_copy(update={"resize": "stretch"})
 
     def _input_size(self, width: int, height: int) -> tuple[int, int]:
@@ -116,7 +116,7 @@ class RetinaFaceModel(OnnxModel):
         return Prediction(det, w, h)
 
 
-@family("retinaface")
+@family("retinaface", options=RetinaFaceOptions, keypoints=FACE_LAYOUT, quantize="tensor")
 def load_retinaface(
     model_id: str, manifest: Manifest, folder: Path, options: RuntimeOptions
 ) -> RetinaFaceModel:

@@ -24,9 +24,6 @@ import onnxruntime as ort
 
 from cvserve.cpus import available_cores
 from cvserve.models.backends import Session, session_maker
-from cvserve.models.backends.onnxruntime import make_session
-
-__all__ = ["RuntimeOptions", "SessionPool", "make_session"]
 from cvserve.models.memory import peak_bytes, reset_peak, resident_bytes
 
 _ORT_DTYPES = {

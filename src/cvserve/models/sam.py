@@ -34,7 +34,7 @@ import numpy as np
 from cvserve.errors import BadRequest, ModelLoadError
 from cvserve.models import registry
 from cvserve.models.base import ModelInfo, Task
-from cvserve.models.manifest import Manifest, info_from_manifest
+from cvserve.models.manifest import Manifest
 from cvserve.models.preprocess import _pil_bilinear as pil_bilinear
 from cvserve.models.promptable import Embedding, EmbeddingCache, PromptableModel
 from cvserve.models.runtime import (
@@ -267,7 +267,11 @@ class SamModel(PromptableModel[SamEmbedding]):
         return logits
 
 
-@registry.family("sam")
+class SamOptions(registry.FamilyOptions):
+    embedding_cache: int = DEFAULT_CACHE  # image embeddings kept for follow-up prompts
+
+
+@registry.family("sam", options=SamOptions, quantize="encoder")
 def load_sam(model_id: str, manifest: Manifest, folder: Path, options: RuntimeOptions) -> SamModel:
     enc_name = manifest.files.get("encoder", "encoder.onnx")
     dec_name = manifest.files.get("decoder", "decoder.onnx")
@@ -283,10 +287,10 @@ def load_sam(model_id: str, manifest: Manifest, folder: Path, options: RuntimeOp
         folder / enc_name, replace(chosen, lanes=1, threads_per_lane=threads, wide_threads=0)
     )
     decoder = SessionPool(folder / dec_name, replace(chosen, precision="f32"))
-    info = info_from_manifest(model_id, manifest)
+    info = registry.info_from_manifest(model_id, manifest)
     if info.input_size is None:
         info.input_size = (DEFAULT_INPUT, DEFAULT_INPUT)
-    cache = int(manifest.postprocess.get("embedding_cache", DEFAULT_CACHE))
+    cache = SamOptions.read(model_id, manifest.postprocess).embedding_cache
     if info.task is not Task.PROMPTABLE_SEGMENTATION:
         raise ModelLoadError(
             f"model {model_id}: family sam needs task {Task.PROMPTABLE_SEGMENTATION.value}"

@@ -19,11 +19,15 @@ from cvserve.models.base import InferParams
 from cvserve.models.manifest import Manifest
 from cvserve.models.nms import nms
 from cvserve.models.onnx_model import OnnxModel
-from cvserve.models.registry import family
+from cvserve.models.registry import FamilyOptions, family
 from cvserve.models.runtime import RuntimeOptions
 from cvserve.results import Detections, Prediction
 
 _ROLES = ("boxes", "scores", "classes", "num")
+
+
+class SsdOptions(FamilyOptions):
+    label_ids: list[int] | None = None  # each class name's label-map id (default 1, 2, ...)
 
 
 class SsdModel(OnnxModel):
@@ -31,8 +35,8 @@ class SsdModel(OnnxModel):
         super().__init__(model_id, manifest, folder, options)
         if not self.class_names:
             raise ModelLoadError(f"model {model_id}: no class names")
-        ids = manifest.postprocess.get("label_ids") or range(1, len(self.class_names) + 1)
-        ids = [int(i) for i in ids]
+        given = SsdOptions.read(model_id, manifest.postprocess).label_ids
+        ids = given or list(range(1, len(self.class_names) + 1))
         if len(ids) != len(self.class_names):
             raise ModelLoadError(f"model {model_id}: label_ids and class_names differ in length")
         # Label-map id -> our class index, -1 for ids we don't list.
@@ -72,6 +76,6 @@ class SsdModel(OnnxModel):
         return Prediction(det, w, h)
 
 
-@family("ssd")
+@family("ssd", options=SsdOptions, quantize="tensor")
 def load_ssd(model_id: str, manifest: Manifest, folder: Path, options: RuntimeOptions) -> SsdModel:
     return SsdModel(model_id, manifest, folder, options)

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import tempfile
 import threading
@@ -27,7 +28,7 @@ from cvserve.errors import BadRequest, ModelLoadError, ModelNotFound
 from cvserve.models import registry
 from cvserve.models.base import Model, ModelInfo
 from cvserve.models.ids import parse_model_id
-from cvserve.models.manifest import MANIFEST_NAME, Manifest, info_from_manifest
+from cvserve.models.manifest import MANIFEST_NAME, Manifest
 from cvserve.models.memory import release_free_memory, resident_bytes
 from cvserve.models.runtime import RuntimeOptions, SessionPool
 
@@ -164,7 +165,7 @@ class ModelStore:
         out = []
         for mid in self.ids():
             try:
-                out.append(info_from_manifest(mid, self.manifest(mid)))
+                out.append(registry.info_from_manifest(mid, self.manifest(mid)))
             except ModelLoadError:
                 continue  # a broken folder must not hide the others
         return out
@@ -182,8 +183,7 @@ class ModelStore:
         staged.chmod(folder_mode())
         tmp_old = None
         if dest.exists():
-            # tempfile's own random 8-character names (a private CPython helper).
-            suffix = next(tempfile._get_candidate_names())  # type: ignore[attr-defined]  # not in typeshed
+            suffix = secrets.token_hex(4)  # a fresh name, so a left-over .old- never collides
             tmp_old = dest.with_name(dest.name + ".old-" + suffix)
             dest.rename(tmp_old)
         shutil.move(str(staged), str(dest))

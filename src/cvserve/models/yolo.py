@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from cvserve.errors import ModelLoadError
+from cvserve.geometry import cxcywh_to_xyxy
 from cvserve.keypoint_sets import default_names, default_skeleton
 from cvserve.models.base import InferParams, Task
 from cvserve.models.manifest import Manifest
 from cvserve.models.nms import nms
 from cvserve.models.onnx_model import OnnxModel
-from cvserve.models.registry import family
+from cvserve.models.registry import FamilyOptions, family
 from cvserve.models.runtime import RuntimeOptions
 from cvserve.models.yolo_masks import clip_box_masks, proto_masks
 from cvserve.results import Detections, Prediction
@@ -27,16 +28,20 @@ from cvserve.results import Detections, Prediction
 MAX_CANDIDATES = 30_000  # Ultralytics' max_nms: cap on boxes entering NMS
 
 
+class YoloOptions(FamilyOptions):
+    format: str = "v8"  # the head's layout: v8 (v5u, v11 alike) or end2end
+    num_masks: int = 32  # mask coefficients per box (instance segmentation)
+    kpt_shape: list[int] | None = None  # (keypoints, values per keypoint) of a pose head
+
+
 class YoloModel(OnnxModel):
     def __init__(self, model_id: str, manifest: Manifest, folder: Path, options: RuntimeOptions):
         super().__init__(model_id, manifest, folder, options)
-        post = manifest.postprocess
-        self.layout = str(post.get("format", "v8"))
+        post = YoloOptions.read(model_id, manifest.postprocess)
+        self.layout = post.format
         self.num_classes = len(manifest.class_names)
-        self.num_masks = (
-            int(post.get("num_masks", 32)) if self.task is Task.INSTANCE_SEGMENTATION else 0
-        )
-        kpt_shape = post.get("kpt_shape") or [0, 3]
+        self.num_masks = post.num_masks if self.task is Task.INSTANCE_SEGMENTATION else 0
+        kpt_shape = post.kpt_shape or [0, 3]
         self.kpt_count, self.kpt_dims = int(kpt_shape[0]), int(kpt_shape[1])
         if self.task is Task.KEYPOINT_DETECTION and self.kpt_count == 0:
             raise ModelLoadError(f"model {model_id}: pose model without postprocess.kpt_shape")
@@ -170,8 +175,7 @@ class YoloModel(OnnxModel):
             order = np.argsort(-scores[idx], kind="stable")[:MAX_CANDIDATES]
             idx, class_id = idx[order], class_id[order]
         rows, scores = rows[idx], scores[idx]
-        cx, cy, bw, bh = rows[:, 0], rows[:, 1], rows[:, 2] / 2, rows[:, 3] / 2
-        xyxy = np.stack([cx - bw, cy - bh, cx + bw, cy + bh], axis=1).astype(np.float32)
+        xyxy = cxcywh_to_xyxy(rows[:, :4]).astype(np.float32)
         keep_idx = nms(xyxy, scores, class_id, params.iou, max_keep=params.max_detections)
         extra = rows[keep_idx, offset + nc :]
         return xyxy[keep_idx], scores[keep_idx], class_id[keep_idx], extra
@@ -190,7 +194,7 @@ class YoloModel(OnnxModel):
         return rows[idx, :4].astype(np.float32), scores[idx], class_id[idx], rows[idx, 6:]
 
 
-@family("yolo")
+@family("yolo", options=YoloOptions, quantize="tensor")
 def load_yolo(
     model_id: str, manifest: Manifest, folder: Path, options: RuntimeOptions
 ) -> YoloModel:

@@ -15,15 +15,13 @@ from cvserve.predict.backends import Backend, LocalBackend, RemoteBackend
 from cvserve.predict.coco import to_coco
 from cvserve.predict.options import (
     COCO_NAME,
-    DETECTION_TASKS,
     FAILURES_NAME,
-    FORMATS,
     IMAGE_EXTENSIONS,
-    IMAGES_DIR,
     JSONL_NAME,
     PredictError,
     PredictOptions,
     Summary,
+    parameters_from_flags,
 )
 from cvserve.predict.outputs import CocoOutput, JsonFiles, JsonLines, Output, read_jsonl
 from cvserve.predict.runner import run_predict
@@ -31,10 +29,7 @@ from cvserve.predict.sources import find_images
 
 __all__ = [
     "COCO_NAME",
-    "DETECTION_TASKS",
     "FAILURES_NAME",
-    "FORMATS",
-    "IMAGES_DIR",
     "IMAGE_EXTENSIONS",
     "JSONL_NAME",
     "Backend",
@@ -45,6 +40,7 @@ __all__ = [
     "Output",
     "PredictError",
     "PredictOptions",
+    "parameters_from_flags",
     "RemoteBackend",
     "Summary",
     "find_images",

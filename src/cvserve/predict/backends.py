@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from cvserve.predict.options import PredictError, PredictOptions
+from cvserve.predict.options import PARAM_FIELDS, PredictError, PredictOptions
 from cvserve.settings import Settings
 
 
@@ -27,16 +27,10 @@ class Backend:
 
 def _query(opts: PredictOptions) -> dict[str, str]:
     q: dict[str, str] = {}
-    for key, value in (
-        ("confidence", opts.confidence),
-        ("overlap", opts.overlap),
-        ("max_detections", opts.max_detections),
-        ("keypoint_confidence", opts.keypoint_confidence),
-        ("response_mask_format", opts.mask_format),
-        ("classes", opts.classes),
-    ):
+    for name, attr in PARAM_FIELDS.items():
+        value = getattr(opts, attr)
         if value is not None and value != "":
-            q[key] = str(value)
+            q[name] = str(value)
     return q
 
 

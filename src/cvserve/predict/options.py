@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from cvserve.errors import BadRequest
+from cvserve.params import PARAM, read_flags
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 FORMATS = ("json", "jsonl", "coco")
@@ -13,6 +18,15 @@ COCO_NAME = "coco.json"
 FAILURES_NAME = "failures.jsonl"
 IMAGES_DIR = "images"
 DETECTION_TASKS = ("object-detection", "instance-segmentation", "keypoint-detection")
+# PredictOptions' fields that are inference parameters, by the parameter's (hosted) name.
+PARAM_FIELDS = {
+    "confidence": "confidence",
+    "overlap": "overlap",
+    "classes": "classes",
+    "max_detections": "max_detections",
+    "keypoint_confidence": "keypoint_confidence",
+    "response_mask_format": "mask_format",
+}
 
 
 class PredictError(Exception):
@@ -37,6 +51,20 @@ class PredictOptions:
     concurrency: int | None = None
     models_dir: Path | None = None
     timeout: float = 120.0
+
+
+def parameters_from_flags(given: Mapping[str, str | None]) -> dict[str, Any]:
+    """PredictOptions fields from the command's parameter options (raw text, by parameter
+    name), parsed by the parameter spec before any image is read."""
+    try:
+        values = read_flags(given)
+    except BadRequest as e:
+        raise PredictError(e.message) from None
+    # Class names stay the text given: both backends send it on as the `classes` parameter.
+    return {
+        PARAM_FIELDS[name]: given[name] if PARAM[name].kind == "names" else value
+        for name, value in values.items()
+    }
 
 
 @dataclass

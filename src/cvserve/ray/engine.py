@@ -39,7 +39,8 @@ from cvserve.engine.pipeline import Encoder
 from cvserve.errors import CVServeError, DeadlineExceeded, ModelNotFound, Overloaded
 from cvserve.models.base import InferParams, ModelInfo
 from cvserve.models.ids import parse_model_id
-from cvserve.models.manifest import MANIFEST_NAME, info_from_manifest
+from cvserve.models.manifest import MANIFEST_NAME
+from cvserve.models.registry import info_from_manifest
 from cvserve.models.store import ModelStore
 from cvserve.ray.directory import POLL_S, Event
 from cvserve.settings import Settings

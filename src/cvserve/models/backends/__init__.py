@@ -3,7 +3,8 @@
 A backend turns an ONNX file into sessions with ONNX Runtime's calling convention
 (`run(output_names, feeds, run_options=...)`, `get_inputs()`, `get_outputs()`,
 `get_modelmeta()`), so `SessionPool` and the families never know which runtime runs.
-`session_maker` picks the runtime for one model file at load: `onnxruntime`, `openvino`,
+Each backend is one record in `registry` (how it opens a session, its version, whether it
+is installed). `session_maker` picks the runtime for one model file at load: `onnxruntime`, `openvino`,
 or `auto` (the faster of the runtimes whose outputs equal ONNX Runtime's, measured once per
 file and cached beside it, see `cvserve.models.backends.choose`).
 """
@@ -11,23 +12,17 @@ file and cached beside it, see `cvserve.models.backends.choose`).
 from __future__ import annotations
 
 from cvserve.models.backends.base import (
-    PRECISIONS,
-    RUNTIMES,
     Precision,
     Runtime,
     Session,
     SessionMaker,
-    openvino_available,
 )
 from cvserve.models.backends.choose import session_maker
 
 __all__ = [
-    "PRECISIONS",
-    "RUNTIMES",
     "Precision",
     "Runtime",
     "Session",
     "SessionMaker",
-    "openvino_available",
     "session_maker",
 ]

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
 
 Runtime = Literal["auto", "onnxruntime", "openvino"]
-RUNTIMES: tuple[str, ...] = ("auto", "onnxruntime", "openvino")
 # f32: exact (OpenVINO is told f32 explicitly: on AMX/AVX512-BF16 CPUs its default is bf16).
 # bf16: opt-in, OpenVINO only; ONNX Runtime's CPU provider stays f32.
 Precision = Literal["f32", "bf16"]
-PRECISIONS: tuple[str, ...] = ("f32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -52,6 +50,20 @@ class Session(Protocol):
 # (ONNX Runtime's runs are concurrent on any session; OpenVINO's need a stream each).
 SessionMaker = Callable[[int, bool, int], Session]
 
+# open(file, threads, spin, runs, precision) -> a session of that backend.
+Opener = Callable[[Path, int, bool, int, str], Session]
 
-def openvino_available() -> bool:
-    return importlib.util.find_spec("openvino") is not None
+
+def _always() -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One runtime backend's record (cvserve.models.backends.registry)."""
+
+    name: str
+    open: Opener
+    version: Callable[[], str]
+    available: Callable[[], bool] = _always  # installed? (an optional extra may not be)
+    extra: str | None = None  # the pip extra that installs it

@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 
 from cvserve.errors import ModelLoadError
-from cvserve.models.backends import onnxruntime as ort_backend
-from cvserve.models.backends.base import Session, SessionMaker, openvino_available
+from cvserve.models.backends import registry
+from cvserve.models.backends.base import Session, SessionMaker
 
 log = logging.getLogger("cvserve.models")
 
@@ -78,52 +78,38 @@ class Choice:
     measured: dict[str, Any] = field(default_factory=dict)
 
 
-def _ort(path: Path, reason: str) -> Choice:
+def _choice(path: Path, runtime: str, precision: str, reason: str) -> Choice:
+    record = registry.backend(runtime)
+    if record is None:
+        raise ModelLoadError(f"{path.name}: unknown runtime {runtime!r}")
+    if not record.available():
+        raise ModelLoadError(
+            f"{path.name}: runtime {runtime} needs `pip install cvserve[{record.extra}]`"
+        )
     return Choice(
-        "onnxruntime", "f32", reason, lambda t, s, _runs: ort_backend.open_session(path, t, s)
-    )
-
-
-def _ov(path: Path, precision: str, reason: str) -> Choice:
-    from cvserve.models.backends.openvino import OpenVinoSession
-
-    return Choice(
-        "openvino",
-        precision,
-        reason,
-        lambda t, s, runs: OpenVinoSession(path, t, precision, runs),  # type: ignore[arg-type]
+        runtime, precision, reason, lambda t, s, runs: record.open(path, t, s, runs, precision)
     )
 
 
 def session_maker(path: Path, runtime: str, precision: str, threads: int) -> Choice:
     """The runtime for `path` (`runtime` from the manifest or settings; `threads`: the lanes')."""
+    ref = registry.REFERENCE
     if precision == "bf16":
-        if runtime == "onnxruntime":
-            return _ort(path, "bf16 asked for, but ONNX Runtime's CPU provider runs f32")
-        if openvino_available():
-            return _ov(path, "bf16", "bf16 asked for (opt-in, not exact)")
+        if runtime == ref:
+            return _choice(
+                path, ref, "f32", "bf16 asked for, but ONNX Runtime's CPU provider runs f32"
+            )
+        if registry.available("openvino"):
+            return _choice(path, "openvino", "bf16", "bf16 asked for (opt-in, not exact)")
         if runtime == "openvino":
-            raise ModelLoadError(
-                f"{path.name}: runtime openvino needs `pip install cvserve[openvino]`"
-            )
-        return _ort(path, "bf16 asked for, but OpenVINO is not installed")
-    if runtime == "onnxruntime":
-        return _ort(path, "runtime onnxruntime")
-    if runtime == "openvino":
-        if not openvino_available():
-            raise ModelLoadError(
-                f"{path.name}: runtime openvino needs `pip install cvserve[openvino]`"
-            )
-        return _ov(path, "f32", "runtime openvino")
+            return _choice(path, runtime, "bf16", "")  # refused there: not installed
+        return _choice(path, ref, "f32", "bf16 asked for, but OpenVINO is not installed")
     if runtime != "auto":
-        raise ModelLoadError(f"{path.name}: unknown runtime {runtime!r}")
-    if not openvino_available():
-        return _ort(path, "auto: OpenVINO is not installed")
+        return _choice(path, runtime, "f32", f"runtime {runtime}")
+    if not registry.available("openvino"):
+        return _choice(path, ref, "f32", "auto: OpenVINO is not installed")
     decision = decide(path, threads)
-    if decision["runtime"] == "openvino":
-        choice = _ov(path, "f32", decision["reason"])
-    else:
-        choice = _ort(path, decision["reason"])
+    choice = _choice(path, decision["runtime"], "f32", decision["reason"])
     choice.measured = decision
     return choice
 
@@ -147,18 +133,8 @@ def _cpu() -> str:
 
 
 def cache_key(path: Path, threads: int) -> str:
-    from cvserve.models.backends import openvino as ov_backend
-
-    return "|".join(
-        [
-            file_sha256(path),
-            f"onnxruntime {ort_backend.version()}",
-            f"openvino {ov_backend.version()}",
-            f"threads {threads}",
-            _cpu(),
-            CHECK,
-        ]
-    )
+    versions = [f"{b.name} {b.version()}" for b in registry.backends() if b.available()]
+    return "|".join([file_sha256(path), *versions, f"threads {threads}", _cpu(), CHECK])
 
 
 def _read_cache(folder: Path) -> dict[str, Any]:
@@ -289,8 +265,9 @@ def unchecked_ops(path: Path) -> list[str]:
 
 def measure(path: Path, threads: int) -> dict[str, Any]:
     """Both runtimes on the check input: agreement, then the faster of the exact ones."""
-    from cvserve.models.backends.openvino import OpenVinoSession
-
+    reference_backend = registry.backend(registry.REFERENCE)
+    candidate_backend = registry.backend("openvino")
+    assert reference_backend is not None and candidate_backend is not None
     unchecked = unchecked_ops(path)
     if unchecked:
         return {
@@ -298,14 +275,14 @@ def measure(path: Path, threads: int) -> dict[str, Any]:
             "reason": f"auto: {', '.join(unchecked)} in the graph, which the check input "
             "does not exercise",
         }
-    reference = ort_backend.open_session(path, threads)
+    reference = reference_backend.open(path, threads, False, 1, "f32")
     feeds = check_feeds(list(reference.get_inputs()))
     try:
         expected = reference.run(None, feeds)
     except Exception as e:
         return {"runtime": "onnxruntime", "reason": f"auto: the check input does not run ({e})"}
     try:
-        candidate = OpenVinoSession(path, threads, "f32")
+        candidate = candidate_backend.open(path, threads, False, 1, "f32")
         got = candidate.run([o.name for o in reference.get_outputs()], feeds)
     except Exception as e:
         return {"runtime": "onnxruntime", "reason": f"auto: OpenVINO cannot run it ({e})"}

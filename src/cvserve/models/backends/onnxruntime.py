@@ -9,7 +9,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from cvserve.errors import ModelLoadError
-from cvserve.models.backends.base import Session
+from cvserve.models.backends.base import Backend, Session
 
 _setup_lock = threading.Lock()  # once-per-process setup: the shared arena
 _arena_state: list[bool] = []
@@ -73,3 +73,11 @@ def open_session(path: Path, threads: int, spin: bool = False) -> Session:
 
 def version() -> str:
     return str(ort.__version__)
+
+
+def _open(path: Path, threads: int, spin: bool, runs: int, precision: str) -> Session:
+    # Any number of concurrent runs share one session; its CPU provider runs f32 only.
+    return open_session(path, threads, spin)
+
+
+BACKEND = Backend("onnxruntime", _open, version)

@@ -12,6 +12,7 @@ Runtime's does.
 
 from __future__ import annotations
 
+import importlib.util
 import queue
 import threading
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from cvserve.errors import ModelLoadError
-from cvserve.models.backends.base import ModelMeta, NodeInfo, Precision
+from cvserve.models.backends.base import Backend, ModelMeta, NodeInfo, Precision, Session
 
 # How often a waiting run looks at its terminate flag (ms): the cancellation latency.
 POLL_MS = 10
@@ -59,6 +60,10 @@ def version() -> str:
     import openvino as ov
 
     return str(ov.__version__)
+
+
+def available() -> bool:
+    return importlib.util.find_spec("openvino") is not None
 
 
 def _name(port: Any, onnx_names: set[str]) -> str:
@@ -178,3 +183,11 @@ class OpenVinoSession:
         if output_names is None:
             return results
         return [results[self._output_index[name]] for name in output_names]
+
+
+def _open(path: Path, threads: int, spin: bool, runs: int, precision: str) -> Session:
+    # Threads wait in OpenVINO's own pool: there is no spinning to ask for.
+    return OpenVinoSession(path, threads, precision, runs)  # type: ignore[arg-type]
+
+
+BACKEND = Backend("openvino", _open, version, available, extra="openvino")

@@ -7,9 +7,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from cvserve.keypoint_sets import FACE_LANDMARKS, FACE_SKELETON
 from cvserve.models.base import InferParams, Task
 from cvserve.models.manifest import Manifest, Preprocess
-from cvserve.models.retinaface import LANDMARK_EDGES, LANDMARK_NAMES
 from cvserve.results import Detections
 from cvserve.zoo.base import BuildContext, require
 from cvserve.zoo.errors import ZooError
@@ -45,8 +45,8 @@ def build(ctx: BuildContext, folder: Path) -> Manifest:
             resize="none", color="bgr", scale=1.0, mean=(104.0, 117.0, 123.0), interpolation="area"
         ),
         postprocess={"max_side": 1024},
-        keypoint_names=LANDMARK_NAMES,
-        skeleton=LANDMARK_EDGES,
+        keypoint_names=FACE_LANDMARKS,
+        skeleton=FACE_SKELETON,
         source=ctx.entry.source(file="retinaface/weights.py (WEIGHTS)"),
     )
 
