@@ -62,7 +62,9 @@ from cvserve.jobs.segment import (
     DEFAULT_MODEL,
     KIND,
     BoundingBox,
+    JobItem,
     Point,
+    SegmentJob,
     SegmentRequest,
     check_prompt,
     file_problem,
@@ -130,13 +132,13 @@ def build_router(state: AppState) -> APIRouter:
 
         def submit() -> Job:
             meta = service.files.find(project, ref.get("fileId"), ref.get("fileExternalId"))
-            payload = {
-                "items": [item_ref(ref, meta)],
-                "points": [p.model_dump() for p in req.points],
-                "boundingBox": req.boundingBox.model_dump() if req.boundingBox else None,
-                "model": mid,
-            }
-            return service.queue.submit(KIND, project, payload)
+            spec = SegmentJob(
+                items=[JobItem(**item_ref(ref, meta))],
+                points=req.points,
+                boundingBox=req.boundingBox,
+                model=mid,
+            )
+            return service.queue.submit(KIND, project, spec.payload())
 
         job = await asyncio.to_thread(submit)
         service.workers.wake()

@@ -75,6 +75,40 @@ class SegmentRequest(BaseModel):
     model: str | None = None  # extension: a SAM model id other than the default
 
 
+class JobItem(BaseModel):
+    """The job's file: what was asked, and once found both of its ids (either may be null)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fileId: int | None = None
+    fileExternalId: str | None = None
+
+
+class SegmentJob(BaseModel):
+    """A segment job, typed from the HTTP body to the worker; stored as `payload()`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    items: list[JobItem]
+    points: list[Point] = Field(default_factory=list)
+    boundingBox: BoundingBox | None = None
+    model: str = DEFAULT_MODEL
+
+    def payload(self) -> dict[str, Any]:
+        """The stored JSON (wire.platform answers from it): an item keeps only the ids
+        it was given."""
+        return {
+            "items": [i.model_dump(exclude_unset=True) for i in self.items],
+            "points": [p.model_dump() for p in self.points],
+            "boundingBox": self.boundingBox.model_dump() if self.boundingBox else None,
+            "model": self.model,
+        }
+
+    @classmethod
+    def of(cls, job: Job) -> SegmentJob:
+        return cls.model_validate(job.payload)
+
+
 def validation_message(e: ValidationError) -> str:
     parts = []
     for err in e.errors():
@@ -161,15 +195,15 @@ class SegmentHandler:
         self.settings = settings
 
     def __call__(self, job: Job) -> Outcome:
-        p = job.payload
-        ref = p["items"][0]
+        spec = SegmentJob.of(job)
+        ref = spec.items[0].model_dump(exclude_unset=True)
         meta = self.files.find(job.project, ref.get("fileId"), ref.get("fileExternalId"))
         item = item_ref(ref, meta)
         problem = file_problem(meta)
         if problem is not None:
             return _failed(item, problem)
         assert meta is not None
-        model_id = p.get("model") or DEFAULT_MODEL
+        model_id = spec.model
         try:
             self._check_model(model_id)  # loads it, or says why not
         except CVServeError as e:
@@ -178,10 +212,9 @@ class SegmentHandler:
         def load() -> bytes:  # only on an embedding cache miss
             return self.files.read(meta)
 
-        points = [Point.model_validate(x) for x in p.get("points") or []]
-        box = BoundingBox.model_validate(p["boundingBox"]) if p.get("boundingBox") else None
         try:
-            res = self._segment(model_id, meta.cache_key, load, prompt_of(points, box))
+            prompt = prompt_of(spec.points, spec.boundingBox)
+            res = self._segment(model_id, meta.cache_key, load, prompt)
         except FileNotFoundError:
             return _failed(item, "file content is missing from the server's storage")
         except CVServeError as e:
