@@ -50,14 +50,16 @@ def square(img: np.ndarray, cx: int, cy: int, half: int, channel: int) -> None:
 
 
 def crossing_frames(n: int = 40, width: int = 640, height: int = 480) -> list[np.ndarray]:
-    """A red square moving right across x=320 and a green one moving left, their paths
-    overlapping in the middle (red higher, green lower and larger)."""
+    """A red square moving right across the middle and a green one moving left, their
+    paths overlapping there (red higher and smaller, green lower and larger). At 640x480
+    the red one's centre goes 80 -> 560 at y 220, the green one's 560 -> 80 at y 260."""
+    sx, sy = width / 640, height / 480
     frames = []
     for i in range(n):
         img = np.zeros((height, width, 3), np.uint8)
         t = i / (n - 1)
-        square(img, int(80 + t * 480), 220, 40, channel=0)
-        square(img, int(560 - t * 480), 260, 50, channel=1)
+        square(img, int((80 + t * 480) * sx), int(220 * sy), int(40 * sx), channel=0)
+        square(img, int((560 - t * 480) * sx), int(260 * sy), int(50 * sx), channel=1)
         frames.append(img)
     return frames
 

@@ -111,8 +111,12 @@ def _local(path_text: str, settings: Settings) -> Source:
         )
     if not settings.stream_dirs:
         raise BadRequest("source refused: this server allows no file sources (--stream-dir)")
+    # First as written (so a refusal never tells whether a file outside exists), then as
+    # resolved (symlinks followed: the check sees the real target).
+    if not any(_inside(path, d, lexical=True) for d in settings.stream_dirs):
+        raise BadRequest(f"source refused: {path_text} is outside the allowed stream dirs")
     try:
-        real = path.resolve(strict=True)  # symlinks followed: the check sees the real target
+        real = path.resolve(strict=True)
     except (OSError, RuntimeError):
         raise BadRequest(f"source refused: {path_text} does not exist") from None
     if not any(_inside(real, d) for d in settings.stream_dirs):
@@ -124,12 +128,13 @@ def _local(path_text: str, settings: Settings) -> Source:
     return Source(str(real), f"file://{path_text}", "file")
 
 
-def _inside(real: Path, allowed: Path) -> bool:
+def _inside(path: Path, allowed: Path, lexical: bool = False) -> bool:
     try:
         root = allowed.resolve(strict=True)
     except (OSError, RuntimeError):
         return False
-    return real == root or real.is_relative_to(root)
+    roots = (root, Path(allowed).absolute()) if lexical else (root,)
+    return any(path == r or path.is_relative_to(r) for r in roots)
 
 
 async def _network(raw: str, scheme: str, settings: Settings) -> Source:
