@@ -3,7 +3,6 @@ RTSP server in a subprocess, and a small SSE reader."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import socket
 import subprocess
@@ -202,26 +201,13 @@ def sse_events(
     client: httpx.Client, url: str, headers: dict[str, str] | None = None, timeout: float = 30
 ) -> Iterator[tuple[str, str | None, dict[str, Any]]]:
     """(event, id, data) of a Server-Sent Events response until the server ends it."""
+    from cvserve.wire import sse
+
     with client.stream("GET", url, headers=headers, timeout=timeout) as resp:
         assert resp.status_code == 200, resp.read()
         assert resp.headers["content-type"].startswith("text/event-stream")
-        kind, event_id, data = "message", None, []
-        for line in resp.iter_lines():
-            if line == "":
-                if data:
-                    yield kind, event_id, json.loads("\n".join(data))
-                kind, event_id, data = "message", None, []
-            elif line.startswith(":"):
-                continue
-            else:
-                field, _, value = line.partition(":")
-                value = value[1:] if value.startswith(" ") else value
-                if field == "event":
-                    kind = value
-                elif field == "id":
-                    event_id = value
-                elif field == "data":
-                    data.append(value)
+        for event in sse.parse(resp.iter_lines()):
+            yield event.event, event.id, event.data
 
 
 def have(tool: str) -> bool:

@@ -343,3 +343,42 @@ def test_openapi_documents_the_streams_routes(client):
         "text/event-stream"
         in paths["/streams/{stream_id}/events"]["get"]["responses"]["200"]["content"]
     )
+
+
+# -- the SDK and the SSE wire format --------------------------------------------------------
+
+
+def test_sdk_starts_follows_and_stops_a_stream(client, env):
+    import cvserve
+
+    with cvserve.Client(str(client.base_url)) as sdk:
+        stream = sdk.streams.start(
+            f"file://{env.crossing}", "two/1", tracker="bytetrack", params={"confidence": 50},
+            zones=[{"name": "right", "polygon": RIGHT_HALF}],
+        )  # fmt: skip
+        events = list(stream.events(from_frame=0))
+        frames = [e for e in events if e.event == "frame"]
+        assert [int(e.id) for e in frames] == list(range(40))
+        assert events[-1].event == "status" and stream.status == "completed"
+        assert frames[-1].data["predictions"][0]["tracker_id"] is not None
+        assert stream.frame_jpeg()[:2] == b"\xff\xd8"
+        assert stream.id in {s.id for s in sdk.streams.list()}
+        assert sdk.streams.get(stream.id).info["counts"]["zones"] == {"right": {"red": 1}}
+        assert stream.stop()["status"] == "stopped"
+        with pytest.raises(cvserve.CVServeHTTPError) as err:
+            sdk.streams.start("ftp://x/a.mp4", "two/1")
+        assert err.value.status == 400 and "scheme" in err.value.message
+
+
+def test_sse_encoder_and_parser_round_trip():
+    from cvserve.wire import sse
+
+    events = [("frame", '{"frame": 3, "a": [1, 2]}', 3), ("status", '{"status": "running"}', None)]
+    text = b"".join(sse.encode(k, d, i) for k, d, i in events) + sse.KEEPALIVE
+    parsed = list(sse.parse(text.decode().split("\n")))
+    assert [(e.event, e.id, e.data) for e in parsed] == [
+        ("frame", "3", {"frame": 3, "a": [1, 2]}),
+        ("status", None, {"status": "running"}),
+    ]
+    with pytest.raises(ValueError):
+        sse.encode("frame", "two\nlines")

@@ -21,6 +21,7 @@ from cvserve.http.state import AppState
 from cvserve.streams.frames import annotated_frame
 from cvserve.streams.runner import StreamRun
 from cvserve.streams.spec import StreamRequest
+from cvserve.wire import sse
 
 _ERROR = {"content": {"application/json": {"example": {"message": "why"}}}}
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -160,9 +161,9 @@ async def _sse(run: StreamRun, start: int | None) -> AsyncIterator[bytes]:
     after = run.events.start_after(start)
     if start is None and not run.events.closed:  # live: first where the stream stands
         status = {k: v for k, v in run.as_dict().items() if k in ("id", "status", "error")}
-        yield b"event: status\ndata: " + dumps(status) + b"\n\n"
+        yield sse.encode("status", dumps(status).decode())
     async for event in run.events.follow(after):
-        yield b": keepalive\n\n" if event is None else event.sse()
+        yield sse.KEEPALIVE if event is None else event.sse()
 
 
 async def _mjpeg(run: StreamRun) -> AsyncIterator[bytes]:

@@ -12,6 +12,8 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from cvserve.wire import sse
+
 
 @dataclass(frozen=True)
 class Event:
@@ -21,10 +23,7 @@ class Event:
     data: str  # JSON text
 
     def sse(self) -> bytes:
-        head = f"event: {self.kind}\n"
-        if self.frame is not None:
-            head += f"id: {self.frame}\n"
-        return f"{head}data: {self.data}\n\n".encode()
+        return sse.encode(self.kind, self.data, self.frame)
 
 
 class EventLog:

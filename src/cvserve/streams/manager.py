@@ -18,6 +18,9 @@ from cvserve.streams.spec import StreamRequest, check_request, hosted_params
 from cvserve.streams.store import DB_NAME, StreamStore
 
 log = logging.getLogger("cvserve.streams")
+# Ended streams kept in memory (events to replay, the last frame); older ones answer from
+# the store, without their events.
+KEEP_ENDED = 32
 EXTRA_HINT = "install the streams extra: pip install 'cvserve[streams]'"
 
 
@@ -102,11 +105,17 @@ class StreamManager:
             stream_id, request, source, params, render, self.engine, config,
             settings.stream_event_buffer, self._changed, created,
         )  # fmt: skip
+        self._forget_old()
         self._runs[stream_id] = run
         self._changed(run)
         # A fresh context: the run outlives the request that started it (and its deadline).
         contextvars.Context().run(run.start)
         return run
+
+    def _forget_old(self) -> None:
+        ended = sorted((r for r in self._runs.values() if r.final), key=lambda r: r.updated)
+        for run in ended[: max(0, len(ended) - KEEP_ENDED)]:
+            del self._runs[run.id]
 
     def _changed(self, run: StreamRun) -> None:
         if self._closing or self._store is None:
