@@ -382,3 +382,32 @@ def test_sse_encoder_and_parser_round_trip():
     ]
     with pytest.raises(ValueError):
         sse.encode("frame", "two\nlines")
+
+
+def test_cli_predict_video_writes_annotated_video_jsonl_and_mot(env, tmp_path):
+    import subprocess
+    import sys
+
+    import av
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "cvserve.cli", "predict", str(env.crossing), "--model", "two/1",
+           "--track", "--out", str(out), "--models-dir", str(env.models), "-c", "50"]  # fmt: skip
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "CVSERVE_AUTO_PULL": "false"})  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    import json
+
+    lines = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [x["frame"] for x in lines] == list(range(40))
+    red = {p["tracker_id"] for x in lines[1:] for p in x["predictions"] if p["class"] == "red"}
+    assert len(red) == 1 and None not in red
+    rows = [r.split(",") for r in (out / "mot.txt").read_text().splitlines()]
+    assert len(rows) == 2 * 39 and {r[0] for r in rows} == {str(i) for i in range(2, 41)}
+    with av.open(str(out / "annotated.mp4")) as video:
+        assert sum(1 for _ in video.decode(video=0)) == 40
+    bad = subprocess.run(cmd[:5] + ["--model", "cls/1", "--track", "--out", str(out),
+                                    "--models-dir", str(env.models)],
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "CVSERVE_AUTO_PULL": "false"})  # fmt: skip
+    assert bad.returncode == 2 and "needs a detector" in bad.stdout + bad.stderr

@@ -31,7 +31,9 @@ class SSEEvent:
 def parse(lines: Iterable[str]) -> Iterator[SSEEvent]:
     """Events from a response's text lines (line endings stripped), as the SSE spec reads
     them: blank line ends an event, `:` starts a comment, data lines are joined."""
-    kind, event_id, data = "message", None, []
+    kind: str = "message"
+    event_id: str | None = None
+    data: list[str] = []
     for line in lines:
         if line == "":
             if data:
