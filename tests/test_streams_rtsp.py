@@ -183,3 +183,52 @@ def test_load_streams_and_photos_then_no_reader_thread_is_left(world):
     while reader_threads() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert reader_threads() == [], reader_threads()
+
+
+def hls_clip(folder: Path) -> Path:
+    """An HLS playlist and its segments, written by PyAV (FFmpeg's hls muxer)."""
+    import av
+
+    folder.mkdir()
+    options = {"hls_time": "1", "hls_list_size": "0", "hls_playlist_type": "vod"}
+    with av.open(str(folder / "index.m3u8"), "w", format="hls", options=options) as out:
+        stream = out.add_stream("h264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        for rgb in crossing_frames(30, 320, 240):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return folder / "index.m3u8"
+
+
+def test_http_sources_hls_and_mjpeg(world, tmp_path):
+    import functools
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    client = world["client"]
+    playlist = hls_clip(tmp_path / "hls")
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    http = ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(playlist.parent))
+    )
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    try:
+        hls = start(client, source=f"http://127.0.0.1:{http.server_address[1]}/index.m3u8")
+        until(client, hls["id"], lambda o: o["stats"]["frames_inferred"] >= 3)
+        assert client.delete(f"/streams/{hls['id']}").json()["status"] == "stopped"
+    finally:
+        http.shutdown()
+        http.server_close()
+    # MJPEG over HTTP: this server's own annotated frames of another stream.
+    camera = start(client, source=f"file://{world['rtsp'].clip}", realtime=True)
+    until(client, camera["id"], lambda o: o["stats"]["frames_inferred"] >= 2)
+    mjpeg = start(client, source=f"{str(client.base_url).rstrip('/')}/streams/{camera['id']}/mjpeg")
+    watched = until(client, mjpeg["id"], lambda o: o["stats"]["frames_inferred"] >= 3)
+    assert watched["status"] == "running" and watched["source"].endswith("/mjpeg")
+    for obj in (mjpeg, camera):
+        assert client.delete(f"/streams/{obj['id']}").json()["status"] == "stopped"

@@ -11,13 +11,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from cvserve.streams.sources import Source
+from cvserve.streams.stats import Rate
 
 log = logging.getLogger("cvserve.streams")
 FIRST_BACKOFF_S = 0.5
@@ -36,6 +38,7 @@ class Counters:
     read: int = 0
     dropped: int = 0
     reconnects: int = 0
+    read_rate: Rate = field(default_factory=Rate)  # frames decoded per second (fps_in)
 
 
 class FrameSlot:
@@ -120,7 +123,9 @@ class Reader:
         try:
             self._loop()
         except Exception as exc:  # a bug must end the stream visibly, not kill it silently
-            log.exception("stream reader for %s crashed", self.source.shown)
+            # Scrubbed: an exception's text may carry the URL, credentials included.
+            log.error("stream reader for %s crashed: %s", self.source.shown,
+                      self.source.scrub(traceback.format_exc()))  # fmt: skip
             self.on_status("failed", f"reader error: {self.source.scrub(str(exc))}")
         finally:
             self.slot.end()
@@ -196,6 +201,7 @@ class Reader:
                 counters = self.slot.counters
                 item = Frame(counters.read, pts, time.time(), image)
                 counters.read += 1
+                counters.read_rate.tick()
                 if not self.slot.put(item):
                     return None
         except av.FFmpegError as exc:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -92,7 +93,7 @@ class StreamRun:
         self.inferred = 0
         self.skipped = 0  # frames taken but not inferred (model busy); the reader counts the rest
         self._ending: tuple[str, str | None] | None = None  # the reader's last word, once read
-        self.rate_in, self.rate_out, self.latency = Rate(), Rate(), Latency()
+        self.rate_out, self.latency = Rate(), Latency()
         self.counting = Counting(request.lines, request.zones)
         self.tracker: Tracker | None = None
         self.events = EventLog(event_capacity)
@@ -122,7 +123,7 @@ class StreamRun:
                 "frames_read": c.read,
                 "frames_inferred": self.inferred,
                 "frames_dropped": c.dropped + self.skipped,
-                "fps_in": self.rate_in.per_second(),
+                "fps_in": c.read_rate.per_second(),
                 "fps_out": self.rate_out.per_second(),
                 "latency_ms": self.latency.summary(),
                 "reconnects": c.reconnects,
@@ -192,7 +193,7 @@ class StreamRun:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.exception("stream %s failed", self.id)
+            log.error("stream %s failed: %s", self.id, self.source.scrub(traceback.format_exc()))
             self._set_status("failed", f"internal error: {type(exc).__name__}")
         finally:
             self._reader.stop()
@@ -216,7 +217,6 @@ class StreamRun:
                 self._set_status(*self._ending)
 
     async def _infer(self, frame: Frame) -> None:
-        self.rate_in.tick()
         try:
             rendered = await self.engine.infer(
                 self.request.model_id, frame.image, self.params, self.render
