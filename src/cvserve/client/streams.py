@@ -15,15 +15,20 @@ after the stream's final status.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from cvserve.client.transport import _http_error
 from cvserve.wire.sse import SSEEvent, parse
 
-if TYPE_CHECKING:
-    from cvserve.client.api import Client
-
 FINAL = ("completed", "failed", "stopped")
+
+
+class Client(Protocol):
+    """What streams use of `cvserve.Client` (its request path and its httpx pool)."""
+
+    _http: Any
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any: ...
 
 
 class Stream:

@@ -122,11 +122,12 @@ def _infer(
     backend: LocalBackend, image: Any, tracker: Any, index: int, mot: IO[str] | None
 ) -> tuple[dict[str, Any], Prediction]:
     """One frame's hosted JSON (with tracker ids) and prediction; its MOT rows written."""
+    from cvserve.streams.runner import TypedResult
     from cvserve.wire.hosted import prediction_json
 
     params, render = backend.params, backend.render
     began = time.perf_counter()
-    prediction = backend.engine.infer_now(backend.model, image, params, render).prediction
+    prediction = backend.engine.infer_now(backend.model, image, params, TypedResult())
     ids: list[int | None] | None = None
     if tracker is not None and isinstance(prediction.result, Detections):
         prediction.result, _, ids = tracker.update(prediction.result)

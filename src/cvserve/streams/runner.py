@@ -10,11 +10,12 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import orjson
 
+from cvserve.engine.pipeline import Encoder, Inference
 from cvserve.errors import CVServeError, DeadlineExceeded, Overloaded
 from cvserve.models.base import InferParams, ModelInfo
 from cvserve.params import RenderOptions
@@ -28,27 +29,31 @@ from cvserve.streams.stats import Latency, Rate
 from cvserve.streams.tracking import Tracker, to_supervision
 from cvserve.wire.hosted import prediction_json
 
+T = TypeVar("T")
 log = logging.getLogger("cvserve.streams")
 FINAL = ("completed", "failed", "stopped")
 
 
-class Inferred(Protocol):
-    @property
-    def prediction(self) -> Prediction: ...
-
-
 class StreamEngine(Protocol):
-    """What a stream needs of the engine (a subset of the engine contract)."""
+    """What a stream needs of the engine: a subset of `cvserve.engine.EngineAPI`."""
 
     def model_info(self, model_id: str) -> ModelInfo: ...
 
     async def infer(
-        self,
-        model_id: str,
-        source: bytes | np.ndarray,
-        params: InferParams,
-        render: RenderOptions,
-    ) -> Inferred: ...
+        self, model_id: str, source: bytes | np.ndarray, params: InferParams, encoder: Encoder[T]
+    ) -> T: ...
+
+
+@dataclass(frozen=True)
+class TypedResult:
+    """The stream's encoder: the typed prediction itself. Tracking needs every frame in
+    order in one place, so the JSON is made after the tracker, by the run (picklable: on
+    Ray the prediction is what travels back from the replica)."""
+
+    needs_pixels: bool = False
+
+    def encode(self, inference: Inference) -> Prediction:
+        return inference.prediction
 
 
 @dataclass
@@ -218,8 +223,8 @@ class StreamRun:
 
     async def _infer(self, frame: Frame) -> None:
         try:
-            rendered = await self.engine.infer(
-                self.request.model_id, frame.image, self.params, self.render
+            prediction = await self.engine.infer(
+                self.request.model_id, frame.image, self.params, TypedResult()
             )
         except (Overloaded, DeadlineExceeded) as exc:
             self.skipped += 1  # the model is busy: this frame is skipped, not queued
@@ -229,7 +234,6 @@ class StreamRun:
             self.skipped += 1
             self._set_status("failed", f"inference failed: {exc.message}")
             return
-        prediction = rendered.prediction
         ids = self._track(prediction)
         event = prediction_json(
             prediction,
