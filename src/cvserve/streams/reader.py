@@ -140,12 +140,17 @@ class Reader:
         tries = 0
         while not self.stop_event.is_set():
             tries += 1
+            open_s = config.open_timeout_s
+            if not connected:  # a try never outlasts the connect deadline
+                open_s = max(
+                    0.1, min(open_s, config.connect_deadline_s - (time.monotonic() - began))
+                )
             try:
                 container = av.open(
                     source.url,
                     format=source.format,
                     options=dict(source.options),
-                    timeout=(config.open_timeout_s, config.read_timeout_s),
+                    timeout=(open_s, config.read_timeout_s),
                 )
             except (av.FFmpegError, OSError, ValueError) as exc:
                 reason = f"cannot open {source.shown}: {source.scrub(_why(exc))}"
