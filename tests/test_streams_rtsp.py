@@ -232,3 +232,39 @@ def test_http_sources_hls_and_mjpeg(world, tmp_path):
     assert watched["status"] == "running" and watched["source"].endswith("/mjpeg")
     for obj in (mjpeg, camera):
         assert client.delete(f"/streams/{obj['id']}").json()["status"] == "stopped"
+
+
+def test_a_silent_server_and_a_stalled_one_never_hang_a_stream(world):
+    import os
+    import signal
+    import socket
+
+    client = world["client"]
+    # Accepts the connection and never says a word: the open timeout ends each try.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        began = time.monotonic()
+        obj = start(client, source=f"rtsp://127.0.0.1:{silent.getsockname()[1]}/cam")
+        final = until(client, obj["id"], "failed", timeout=CONNECT_DEADLINE_S + 10)
+        assert time.monotonic() - began <= CONNECT_DEADLINE_S + 3, final
+    # Connected, then the server freezes (SIGSTOP): the read timeout notices, it comes back.
+    frozen = RtspServer(world["rtsp"].clip).start()
+    try:
+        obj = start(client, source=frozen.url)
+        until(client, obj["id"], lambda o: o["stats"]["frames_inferred"] >= 3)
+        assert frozen.proc is not None
+        os.kill(frozen.proc.pid, signal.SIGSTOP)
+        try:
+            until(client, obj["id"], "reconnecting", timeout=10)
+        finally:
+            os.kill(frozen.proc.pid, signal.SIGCONT)
+        seen = status_of(client, obj["id"])["stats"]["frames_inferred"]
+        until(
+            client,
+            obj["id"],
+            lambda o: o["status"] == "running" and o["stats"]["frames_inferred"] > seen,
+        )
+        assert client.delete(f"/streams/{obj['id']}").json()["status"] == "stopped"
+    finally:
+        frozen.stop()
