@@ -107,7 +107,8 @@ def test_rtsp_stream_reconnects_after_the_server_restarts(world):
     assert r.json()["status"] == "stopped"
 
 
-def test_a_source_that_never_answers_fails_within_its_bound_without_showing_secrets(world):
+def test_a_source_that_never_answers_fails_within_its_bound_without_showing_secrets(world, caplog):
+    caplog.set_level("DEBUG")  # every log line the stream writes, in any thread
     client = world["client"]
     port = free_port()  # nothing listens there
     began = time.monotonic()
@@ -116,7 +117,11 @@ def test_a_source_that_never_answers_fails_within_its_bound_without_showing_secr
     final = until(client, obj["id"], "failed", timeout=CONNECT_DEADLINE_S + 10)
     assert time.monotonic() - began <= CONNECT_DEADLINE_S + 3
     assert "gave up after" in final["error"] and "cannot open" in final["error"]
-    shown = client.get("/streams").text + str(final) + client.get("/metrics").text
+    metrics = client.get("/metrics").text
+    assert 'cvserve_streams{status="failed"}' in metrics
+    assert 'cvserve_stream_frames_total{fate="read",model="two/1"}' in metrics
+    shown = client.get("/streams").text + str(final) + metrics + caplog.text
+    assert f"stream {obj['id']} failed" in caplog.text
     assert "hunter2" not in shown and "admin" not in shown and "s3cret" not in shown
 
 

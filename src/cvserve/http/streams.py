@@ -19,6 +19,7 @@ from cvserve.http.errors import UNAUTHORIZED_BODY
 from cvserve.http.responses import dumps, json_response
 from cvserve.http.state import AppState
 from cvserve.streams.frames import annotated_frame
+from cvserve.streams.metrics import StreamsCollector
 from cvserve.streams.runner import StreamRun
 from cvserve.streams.spec import StreamRequest
 from cvserve.wire import sse
@@ -65,6 +66,10 @@ def _denied(state: AppState, request: Request) -> Response | None:
 def build_router(state: AppState) -> APIRouter:
     router = APIRouter(tags=["streams"])
     manager = state.streams
+    try:
+        state.metrics.registry.register(StreamsCollector(manager))
+    except ValueError:  # this state's app was built before: its collector is in
+        pass
 
     @router.post(
         "/streams",

@@ -131,6 +131,10 @@ class StreamManager:
             raise StreamNotFound(f"stream {stream_id} not found")
         return run
 
+    def runs(self) -> list[StreamRun]:
+        """The streams held in memory (running, and the recently ended)."""
+        return list(self._runs.values())
+
     def get(self, stream_id: str) -> dict[str, Any]:
         run = self._runs.get(stream_id)
         if run is not None:
