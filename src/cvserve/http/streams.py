@@ -7,6 +7,7 @@ the hosted `{"message"}` shape; events as Server-Sent Events, frames as JPEG and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -66,10 +67,8 @@ def _denied(state: AppState, request: Request) -> Response | None:
 def build_router(state: AppState) -> APIRouter:
     router = APIRouter(tags=["streams"])
     manager = state.streams
-    try:
+    with contextlib.suppress(ValueError):  # this state's app was built before: it is in
         state.metrics.registry.register(StreamsCollector(manager))
-    except ValueError:  # this state's app was built before: its collector is in
-        pass
 
     @router.post(
         "/streams",

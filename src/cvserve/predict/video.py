@@ -9,13 +9,13 @@ prediction and tracker ids drawn) and, when tracking, `mot.txt` (MOTChallenge ro
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import orjson
 
 from cvserve.predict.backends import LocalBackend
@@ -122,22 +122,22 @@ def _infer(
     backend: LocalBackend, image: Any, tracker: Any, index: int, mot: IO[str] | None
 ) -> tuple[dict[str, Any], Prediction]:
     """One frame's hosted JSON (with tracker ids) and prediction; its MOT rows written."""
-    from cvserve.streams.runner import TypedResult
-    from cvserve.wire.hosted import prediction_json
+    from cvserve.streams.runner import StreamEncoder
 
     params, render = backend.params, backend.render
-    began = time.perf_counter()
-    prediction = backend.engine.infer_now(backend.model, image, params, TypedResult())
-    ids: list[int | None] | None = None
+    result = backend.engine.infer_now(backend.model, image, params, StreamEncoder(render))
+    prediction, body = result.prediction, result.body
     if tracker is not None and isinstance(prediction.result, Detections):
-        prediction.result, _, ids = tracker.update(prediction.result)
-    body = prediction_json(prediction, render, confidence=params.confidence,
-                           keypoint_confidence=params.keypoint_confidence,
-                           elapsed_s=time.perf_counter() - began)  # fmt: skip
-    for pred, tracker_id in zip(body["predictions"], ids, strict=True) if ids is not None else ():
-        pred["tracker_id"] = tracker_id
-        if tracker_id is not None and mot is not None:
-            x, y = pred["x"] - pred["width"] / 2, pred["y"] - pred["height"] / 2
-            mot.write(f"{index + 1},{tracker_id},{x:.2f},{y:.2f},{pred['width']:.2f},"
-                      f"{pred['height']:.2f},{pred['confidence']:.4f},-1,-1,-1\n")  # fmt: skip
+        order, _, ids = tracker.update(prediction.result)
+        prediction.result = prediction.result.select(np.asarray(order, np.int64))
+        preds = body["predictions"]
+        body["predictions"] = [
+            preds[i] | {"tracker_id": t} for i, t in zip(order, ids, strict=True)
+        ]
+        for pred in body["predictions"]:
+            tracker_id = pred["tracker_id"]
+            if tracker_id is not None and mot is not None:
+                x, y = pred["x"] - pred["width"] / 2, pred["y"] - pred["height"] / 2
+                mot.write(f"{index + 1},{tracker_id},{x:.2f},{y:.2f},{pred['width']:.2f},"
+                          f"{pred['height']:.2f},{pred['confidence']:.4f},-1,-1,-1\n")  # fmt: skip
     return body, prediction

@@ -45,15 +45,30 @@ class StreamEngine(Protocol):
 
 
 @dataclass(frozen=True)
-class TypedResult:
-    """The stream's encoder: the typed prediction itself. Tracking needs every frame in
-    order in one place, so the JSON is made after the tracker, by the run (picklable: on
-    Ray the prediction is what travels back from the replica)."""
+class FrameResult:
+    prediction: Prediction
+    body: dict[str, Any]  # the hosted JSON, before tracking (which reorders and adds ids)
 
+
+@dataclass(frozen=True)
+class StreamEncoder:
+    """The stream's encoder: the typed prediction and its hosted JSON, made on the lane (off
+    the event loop; on Ray in the replica). Tracking needs every frame in order in one
+    place, so the run adds tracker ids afterwards."""
+
+    render: RenderOptions
     needs_pixels: bool = False
 
-    def encode(self, inference: Inference) -> Prediction:
-        return inference.prediction
+    def encode(self, inference: Inference) -> FrameResult:
+        params = inference.params
+        body = prediction_json(
+            inference.prediction,
+            self.render,
+            confidence=params.confidence,
+            keypoint_confidence=params.keypoint_confidence,
+            elapsed_s=time.perf_counter() - inference.started,
+        )
+        return FrameResult(inference.prediction, body)
 
 
 @dataclass
@@ -150,7 +165,8 @@ class StreamRun:
         self._task = self._loop.create_task(self._run(), name=f"cvserve-stream-{self.id}")
 
     async def stop(self) -> None:
-        """Stopped, at once, whatever it was doing (a final status stays as it was)."""
+        """Stopped, at once, whatever it was doing (an ended stream becomes `stopped` too,
+        its error kept)."""
         self._reader.stop()
         if self.final and self.status != "stopped":  # DELETE answers `stopped` in any state
             self.status, self.updated = "stopped", now_ms()
@@ -223,8 +239,8 @@ class StreamRun:
 
     async def _infer(self, frame: Frame) -> None:
         try:
-            prediction = await self.engine.infer(
-                self.request.model_id, frame.image, self.params, TypedResult()
+            result = await self.engine.infer(
+                self.request.model_id, frame.image, self.params, StreamEncoder(self.render)
             )
         except (Overloaded, DeadlineExceeded) as exc:
             self.skipped += 1  # the model is busy: this frame is skipped, not queued
@@ -234,16 +250,8 @@ class StreamRun:
             self.skipped += 1
             self._set_status("failed", f"inference failed: {exc.message}")
             return
-        ids = self._track(prediction)
-        event = prediction_json(
-            prediction,
-            self.render,
-            confidence=self.params.confidence,
-            keypoint_confidence=self.params.keypoint_confidence,
-        )
-        if ids is not None:
-            for pred, tracker_id in zip(event["predictions"], ids, strict=True):
-                pred["tracker_id"] = tracker_id
+        prediction, event = result.prediction, result.body
+        ids = self._track(prediction, event)
         self.inferred += 1
         self.rate_out.tick()
         self.latency.add((time.time() - frame.time) * 1000.0)
@@ -256,8 +264,9 @@ class StreamRun:
         self.new_frame.set()
         self.new_frame = asyncio.Event()
 
-    def _track(self, prediction: Prediction) -> list[int | None] | None:
-        """Tracks the frame's boxes (reordering them as the tracker does) and counts them."""
+    def _track(self, prediction: Prediction, event: dict[str, Any]) -> list[int | None] | None:
+        """Tracks the frame's boxes and counts them: the prediction and the event's
+        predictions are put in the tracker's order, each with its tracker_id."""
         det = prediction.result
         if not isinstance(det, Detections):
             return None
@@ -267,7 +276,11 @@ class StreamRun:
             return None
         if self.tracker is None:
             self.tracker = Tracker(self.request.tracker, self.params.confidence, self._reader.fps)
-        ordered, tracked, ids = self.tracker.update(det)
-        prediction.result = ordered
+        order, tracked, ids = self.tracker.update(det)
+        prediction.result = det.select(np.asarray(order, np.int64))
+        preds = event.get("predictions", [])
+        event["predictions"] = [
+            preds[i] | {"tracker_id": t} for i, t in zip(order, ids, strict=True)
+        ]
         self.counting.update(tracked, tracked=True)
         return ids

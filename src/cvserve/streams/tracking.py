@@ -1,7 +1,7 @@
 """Per-stream multi-object tracking: the `trackers` library on supervision detections.
 
-The engine's typed `Detections` go in; the same detections come out in the tracker's order
-with a `tracker_id` each (None until the tracker confirms a track, as trackers reports -1).
+The engine's typed `Detections` go in; out come their indices in the tracker's order with
+a `tracker_id` each (None until the tracker confirms a track, as trackers reports -1).
 """
 
 from __future__ import annotations
@@ -54,9 +54,9 @@ class Tracker:
         else:
             raise ValueError(f"unknown tracker {kind!r}")
 
-    def update(self, det: Detections) -> tuple[Detections, Any, list[int | None]]:
-        """(the detections in the tracker's order, them as sv.Detections, their ids)."""
+    def update(self, det: Detections) -> tuple[list[int], Any, list[int | None]]:
+        """(indices into `det` in the tracker's order, them as sv.Detections, their ids)."""
         tracked = self._impl.update(to_supervision(det))
         order = np.asarray(tracked.data.get("index", np.zeros(0, int)), dtype=np.int64)
         ids = [int(t) if t >= 0 else None for t in np.asarray(tracked.tracker_id).tolist()]
-        return det.select(order), tracked, ids
+        return order.tolist(), tracked, ids
