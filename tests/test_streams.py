@@ -411,3 +411,38 @@ def test_cli_predict_video_writes_annotated_video_jsonl_and_mot(env, tmp_path):
                          capture_output=True, text=True, timeout=120,
                          env={**os.environ, "CVSERVE_AUTO_PULL": "false"})  # fmt: skip
     assert bad.returncode == 2 and "needs a detector" in bad.stdout + bad.stderr
+
+
+@pytest.mark.parametrize("kind", ["seg", "pose"])
+def test_segmentation_and_keypoint_models_track_too(client, env, kind, tmp_path):
+    from tests.synthetic_store import _pose_model, _seg_model
+
+    model_id = f"{kind}-track/1"
+    if not (env.models / model_id).exists():
+        build = _seg_model if kind == "seg" else _pose_model
+        import_model(build(tmp_path / f"{kind}.onnx"), model_id, ModelStore(env.models))
+    obj = start(client, source=f"file://{env.crossing}", model_id=model_id, tracker="sort")
+    frames = frames_of(client, obj["id"])
+    assert len(frames) == 40
+    field = "points" if kind == "seg" else "keypoints"
+    assert all(field in p for f in frames for p in f["predictions"])
+    ids = {p["tracker_id"] for f in frames[1:] for p in f["predictions"]}
+    assert len(ids) == 1 and None not in ids  # one still object, one identity
+
+
+def test_live_listeners_each_get_the_frames_then_the_final_status(client, env):
+    from concurrent.futures import ThreadPoolExecutor
+
+    obj = start(client, source=f"file://{env.crossing}", model_id="two/1", realtime=True)
+
+    def listen() -> list[tuple[str, str | None, dict]]:
+        with httpx.Client(base_url=str(client.base_url), timeout=30) as c:
+            return list(sse_events(c, f"/streams/{obj['id']}/events"))
+
+    with ThreadPoolExecutor(2) as pool:
+        results = [f.result() for f in [pool.submit(listen) for _ in range(2)]]
+    for events in results:
+        assert events[0][0] == "status"  # where the stream stands when the listener comes
+        frames = [int(e[1]) for e in events if e[0] == "frame"]
+        assert frames and frames == sorted(frames) and frames[-1] == 39
+        assert events[-1][0] == "status" and events[-1][2]["status"] == "completed"
