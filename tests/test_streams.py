@@ -221,6 +221,9 @@ def bad_files(env: Env) -> dict[str, Path]:
     (env.videos / "corrupt.mp4").write_bytes(os.urandom(20_000))
     whole = env.crossing.read_bytes()
     (env.videos / "truncated.mp4").write_bytes(whole[: len(whole) // 2])
+    # A codec FFmpeg has no decoder for: an MPEG-4 AVI whose FourCC is made up.
+    avi = write_clip(env.root / "mpeg4.avi", crossing_frames(3, 320, 240), codec="mpeg4")
+    (env.videos / "unknown.avi").write_bytes(avi.read_bytes().replace(b"FMP4", b"ZQZQ"))
     audio = env.videos / "audio.mkv"
     with av.open(str(audio), "w") as out:
         stream = out.add_stream("pcm_s16le", rate=8000)
@@ -245,6 +248,7 @@ BAD = [
     ({"source": "file://{videos}/corrupt.mp4"}, 400, "cannot read"),
     ({"source": "file://{videos}/truncated.mp4"}, 400, "cannot read"),
     ({"source": "file://{videos}/audio.mkv"}, 400, "no video stream"),
+    ({"source": "file://{videos}/unknown.avi"}, 400, "cannot be decoded"),
     ({"source": "rtsp://127.0.0.1:9/cam"}, 400, "loopback"),
     ({"source": "rtsp://10.1.2.3/cam"}, 400, "private"),
     ({"source": "http://169.254.169.254/latest/"}, 400, "metadata"),

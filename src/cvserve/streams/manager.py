@@ -11,7 +11,7 @@ from typing import Any
 
 from cvserve.errors import BadRequest, CVServeError, TooManyRequests
 from cvserve.settings import Settings
-from cvserve.streams.reader import ReaderConfig
+from cvserve.streams.reader import ReaderConfig, unsupported
 from cvserve.streams.runner import StreamEngine, StreamRun, now_ms
 from cvserve.streams.sources import Source, check_source
 from cvserve.streams.spec import StreamRequest, check_request, hosted_params
@@ -175,6 +175,8 @@ def _probe(source: Source, timeout_s: float) -> None:
             if not container.streams.video:
                 raise BadRequest(f"{source.shown} has no video stream")
             stream = container.streams.video[0]
+            if stream.codec_context is None:  # FFmpeg knows no decoder for it
+                raise BadRequest(f"{source.shown}: {unsupported(stream)}")
             for _ in container.decode(stream):
                 return
             raise BadRequest(f"{source.shown} has no decodable video frames")

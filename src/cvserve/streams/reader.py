@@ -187,6 +187,9 @@ class Reader:
             self.on_status("failed", f"{source.shown} has no video stream")
             return None
         stream = container.streams.video[0]
+        if stream.codec_context is None:
+            self.on_status("failed", f"{source.shown}: {unsupported(stream)}")
+            return None
         stream.thread_type = "AUTO"  # frame threads: decoding keeps up with large frames
         rate = stream.average_rate or stream.base_rate
         self.fps = float(rate) if rate else self.fps
@@ -219,6 +222,11 @@ class Reader:
             self.on_status("completed", None)
             return None
         return f"{source.shown} ended"
+
+
+def unsupported(stream: Any) -> str:
+    tag = str(getattr(stream, "codec_tag", "") or "").strip("\x00 ") or "unknown"
+    return f"its video codec (tag {tag!r}) cannot be decoded by this server"
 
 
 def _why(exc: BaseException) -> str:
