@@ -450,3 +450,17 @@ def test_live_listeners_each_get_the_frames_then_the_final_status(client, env):
         frames = [int(e[1]) for e in events if e[0] == "frame"]
         assert frames and frames == sorted(frames) and frames[-1] == 39
         assert events[-1][0] == "status" and events[-1][2]["status"] == "completed"
+
+
+def test_a_file_cut_short_ends_with_what_it_had(client, env, tmp_path):
+    mkv = write_clip(tmp_path / "whole.mkv", crossing_frames(40))
+    data = mkv.read_bytes()
+    cut = env.videos / "cut.mkv"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    obj = start(client, source=f"file://{cut}", model_id="two/1")
+    final = finished(client, obj["id"])
+    stats = final["stats"]
+    assert final["status"] in ("completed", "failed"), final
+    assert 0 < stats["frames_read"] < 40
+    assert stats["frames_read"] == stats["frames_inferred"] + stats["frames_dropped"]
+    assert client.post("/two/1", content=png_bytes(crossing_frames(4)[0])).status_code == 200
