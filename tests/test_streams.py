@@ -301,6 +301,8 @@ def test_keys_missing_401_wrong_403(env):
         message = {"Message": "User is not authorized to access this resource"}
         r = c.post("/streams", json=body)
         assert (r.status_code, r.json()) == (401, message)
+        r = c.post("/streams", json={"not": "a stream"})  # the key is checked first
+        assert (r.status_code, r.json()) == (401, message)
         r = c.get("/streams", params={"api_key": "nope"})
         assert (r.status_code, r.json()) == (403, message)
         r = c.post("/streams", json=body, headers={"Authorization": "Bearer k1"})

@@ -1,7 +1,7 @@
 """/streams: video streams with tracking (SPEC.md section 9). A thin door over StreamManager.
 
-Keys as on the hosted route (a missing key 401, a wrong one 403, the hosted body), errors in
-the hosted `{"message"}` shape; events as Server-Sent Events, frames as JPEG and MJPEG.
+Keys as on the hosted route (`state.keys.check`: a missing key 401, a wrong one 403, the
+hosted body), errors in the hosted `{"message"}` shape; events as Server-Sent Events, frames as JPEG and MJPEG.
 """
 
 from __future__ import annotations
@@ -11,12 +11,11 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from cvserve.errors import BadRequest, CVServeError
-from cvserve.http.errors import UNAUTHORIZED_BODY
 from cvserve.http.responses import dumps, json_response
 from cvserve.http.state import AppState
 from cvserve.streams.frames import annotated_frame
@@ -54,18 +53,12 @@ _OBJECT = {"content": {"application/json": {"example": _STREAM_EXAMPLE}}}
 MJPEG_BOUNDARY = "cvserveframe"
 
 
-def _denied(state: AppState, request: Request) -> Response | None:
-    """The hosted key rules: no key where keys are required 401, a wrong one 403."""
-    keys = state.keys
-    key = keys.key_from(request)
-    if keys.required and not keys.valid(key):
-        return json_response(UNAUTHORIZED_BODY, status=401 if not key else 403)
-    keys.limit(request, key)
-    return None
-
-
 def build_router(state: AppState) -> APIRouter:
-    router = APIRouter(tags=["streams"])
+    def check_key(request: Request) -> None:
+        state.keys.check(request)
+
+    # A router dependency: the key is checked before the body is parsed (401 before 400).
+    router = APIRouter(tags=["streams"], dependencies=[Depends(check_key)])
     manager = state.streams
     with contextlib.suppress(ValueError):  # this state's app was built before: it is in
         state.metrics.registry.register(StreamsCollector(manager))
@@ -76,22 +69,16 @@ def build_router(state: AppState) -> APIRouter:
         summary="Start a video stream",
         responses={201: {"description": "The stream object"} | _OBJECT, **_ERRORS},
     )
-    async def start_stream(body: StreamRequest, request: Request) -> Response:
-        if (denied := _denied(state, request)) is not None:
-            return denied
+    async def start_stream(body: StreamRequest) -> Response:
         run = await manager.create(body)
         return json_response(run.as_dict(), status=201)
 
     @router.get("/streams", summary="List streams", responses={**_ERRORS})
-    async def list_streams(request: Request) -> Response:
-        if (denied := _denied(state, request)) is not None:
-            return denied
+    async def list_streams() -> Response:
         return json_response({"items": manager.list()})
 
     @router.get("/streams/{stream_id}", summary="A stream", responses={200: _OBJECT, **_ERRORS})
-    async def get_stream(stream_id: str, request: Request) -> Response:
-        if (denied := _denied(state, request)) is not None:
-            return denied
+    async def get_stream(stream_id: str) -> Response:
         return json_response(manager.get(stream_id))
 
     @router.delete(
@@ -99,9 +86,7 @@ def build_router(state: AppState) -> APIRouter:
         summary="Stop a stream (any state); answers its final object",
         responses={200: _OBJECT, **_ERRORS},
     )
-    async def stop_stream(stream_id: str, request: Request) -> Response:
-        if (denied := _denied(state, request)) is not None:
-            return denied
+    async def stop_stream(stream_id: str) -> Response:
         return json_response(await manager.stop(stream_id))
 
     @router.get(
@@ -115,8 +100,6 @@ def build_router(state: AppState) -> APIRouter:
         request: Request,
         from_: int | None = Query(None, alias="from", ge=0, description="Replay from frame N"),
     ) -> Response:
-        if (denied := _denied(state, request)) is not None:
-            return denied
         run = manager.run(stream_id)
         start = from_
         last = request.headers.get("last-event-id")
@@ -134,9 +117,7 @@ def build_router(state: AppState) -> APIRouter:
         response_class=Response,
         responses={200: {"content": {"image/jpeg": {}}}, **_ERRORS},
     )
-    async def stream_frame(stream_id: str, request: Request) -> Response:
-        if (denied := _denied(state, request)) is not None:
-            return denied
+    async def stream_frame(stream_id: str) -> Response:
         run = manager.run(stream_id)
         if run.latest is None:
             raise CVServeError(f"stream {stream_id} has no inferred frame yet", status=404)
@@ -149,9 +130,7 @@ def build_router(state: AppState) -> APIRouter:
         response_class=StreamingResponse,
         responses={200: {"content": {"multipart/x-mixed-replace": {}}}, **_ERRORS},
     )
-    async def stream_mjpeg(stream_id: str, request: Request) -> Response:
-        if (denied := _denied(state, request)) is not None:
-            return denied
+    async def stream_mjpeg(stream_id: str) -> Response:
         run = manager.run(stream_id)
         media = f"multipart/x-mixed-replace; boundary={MJPEG_BOUNDARY}"
         return StreamingResponse(
