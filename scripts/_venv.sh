@@ -12,5 +12,11 @@ ensure_venv() {
   fi
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".${extra:+[$extra]}"
+  # trackers (the streams extra) requires opencv-python, whose cv2 files overwrite the
+  # headless build's and need libGL: put the headless files back (same version).
+  if .venv/bin/python -c "import importlib.metadata as m; m.version('opencv-python')" 2>/dev/null; then
+    .venv/bin/python -m pip install -q --force-reinstall --no-deps "opencv-python-headless==$(
+      .venv/bin/python -c "import importlib.metadata as m; print(m.version('opencv-python-headless'))")"
+  fi
   echo "$hash $extra" > "$stamp"
 }

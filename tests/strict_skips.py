@@ -24,6 +24,7 @@ HEADLINE_FILES = (
     "test_jobs_postgres.py",
     "test_backends.py",  # OpenVINO is in the test extra: auto, cancellation, equality
     "test_readme_examples.py",  # the official clients' snippets need .cache/clients-venv
+    "test_streams*.py",  # video streams: PyAV, trackers, a real RTSP server (apt, scripts/test)
 )
 HEADLINE_TESTS = (
     "test_client.py::test_to_supervision",

@@ -103,8 +103,23 @@ class Settings(BaseSettings):
     max_loaded_models: int = Field(default=0, ge=0)
     model_memory_mb: int = Field(default=0, ge=0)
     preload: Annotated[tuple[str, ...], NoDecode] = ()
+    # Video streams (cvserve.streams, the `streams` extra): at most max_streams at once;
+    # file sources only under stream_dirs; network sources pass the ?image= SSRF policy
+    # unless a host, IP or CIDR is in allow_stream_nets (never by default).
+    max_streams: int = Field(default=8, ge=0)
+    stream_dirs: Annotated[tuple[Path, ...], NoDecode] = ()
+    allow_stream_nets: Annotated[tuple[str, ...], NoDecode] = ()
+    stream_open_timeout_s: float = Field(default=10.0, gt=0)
+    stream_read_timeout_s: float = Field(default=10.0, gt=0)
+    # A source that never connects ends `failed` after this; one that dropped retries with
+    # backoff (doubling from 0.5 s) capped at stream_retry_max_s, until back or stopped.
+    stream_connect_deadline_s: float = Field(default=60.0, gt=0)
+    stream_retry_max_s: float = Field(default=30.0, gt=0)
+    stream_event_buffer: int = Field(default=1000, ge=1000)
 
-    @field_validator("api_keys", "allow_url_hosts", "preload", mode="before")
+    @field_validator(
+        "api_keys", "allow_url_hosts", "preload", "stream_dirs", "allow_stream_nets", mode="before"
+    )
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -117,6 +117,21 @@ def serve(
         "--preload",
         help="Load this model at start, in the background, and never unload it (repeatable).",
     ),
+    # -- video streams (the streams extra) --
+    max_streams: int | None = setting_option(
+        "max_streams", "--max-streams", help="Video streams running at once (429 beyond)."
+    ),
+    stream_dir: list[str] | None = setting_option(
+        "stream_dirs",
+        "--stream-dir",
+        help="Directory whose video files (and devices) streams may read (repeatable).",
+    ),
+    allow_stream_net: list[str] | None = setting_option(
+        "allow_stream_nets",
+        "--allow-stream-net",
+        help="Host/IP/CIDR a stream source may reach despite the SSRF guard (repeatable): "
+        "private cameras.",
+    ),
 ) -> None:
     """Serve the hosted inference API (and the web page, the SDK routes, segment jobs)."""
     from cvserve.models.memory import exec_with_huge_pages
@@ -153,6 +168,9 @@ def serve(
         max_loaded_models=max_loaded_models,
         model_memory_mb=model_memory_mb,
         preload=split_list(preload),
+        max_streams=max_streams,
+        stream_dirs=split_list(stream_dir),
+        allow_stream_nets=split_list(allow_stream_net),
     )
     configure_logging(
         settings.log_level

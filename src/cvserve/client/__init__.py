@@ -27,6 +27,7 @@ from __future__ import annotations
 from cvserve.client.api import Client, Model
 from cvserve.client.inputs import ImageLike as ImageLike
 from cvserve.client.results import PredictionResult, SegmentResult
+from cvserve.client.streams import Stream, Streams
 from cvserve.client.transport import DEFAULT_URL as DEFAULT_URL
 from cvserve.client.transport import RETRY_STATUSES as RETRY_STATUSES
 from cvserve.client.transport import CVServeHTTPError
@@ -40,5 +41,7 @@ __all__ = [
     "Model",
     "PredictionResult",
     "SegmentResult",
+    "Stream",
+    "Streams",
     "prediction_from_json",
 ]

@@ -12,6 +12,7 @@ import numpy as np
 
 from cvserve.client.inputs import ImageLike, image_bytes, is_url
 from cvserve.client.results import PredictionResult, SegmentResult
+from cvserve.client.streams import Streams
 from cvserve.client.transport import DEFAULT_URL, Transport
 
 
@@ -162,6 +163,11 @@ class Client:
 
     def model(self, model_id: str) -> Model:
         return Model(self, model_id)
+
+    @property
+    def streams(self) -> Streams:
+        """The server's video streams: `client.streams.start(source, model_id, ...)`."""
+        return Streams(self)
 
     def models(self) -> list[dict[str, Any]]:
         """Every model in the server's store: model_id, task_type, classes, ..."""

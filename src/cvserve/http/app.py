@@ -17,7 +17,7 @@ from starlette.responses import Response
 
 from cvserve import __version__
 from cvserve.errors import CVServeError
-from cvserve.http import docs, files, hosted, infer, observability, segment, system, web
+from cvserve.http import docs, files, hosted, infer, observability, segment, streams, system, web
 from cvserve.http.errors import classify, hosted_response
 from cvserve.http.state import AppState, build_state
 from cvserve.settings import Settings
@@ -27,7 +27,7 @@ __all__ = ["build_state", "create_app"]
 log = logging.getLogger("cvserve.http")
 
 # Order matters: the catch-all hosted route `/{dataset}/{version}` comes last.
-_DOORS = (system, infer, files, segment, web, docs, hosted)
+_DOORS = (system, infer, files, segment, web, docs, streams, hosted)
 
 
 def create_app(settings: Settings, state: AppState | None = None) -> FastAPI:
@@ -40,10 +40,12 @@ def create_app(settings: Settings, state: AppState | None = None) -> FastAPI:
         # Opens the job store and resumes jobs a crashed server left running.
         await asyncio.to_thread(state.jobs.start)
         state.jobs_ready.set()
+        await state.streams.start()  # resumes the streams a stopped server left running
         try:
             yield
         finally:
             state.jobs_ready.clear()
+            await state.streams.close()
             try:
                 await asyncio.to_thread(state.jobs.stop)
             except Exception:

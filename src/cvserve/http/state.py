@@ -11,6 +11,7 @@ from cvserve.http.metrics import Metrics
 from cvserve.http.ratelimit import RateLimiter
 from cvserve.jobs.service import JobsService
 from cvserve.settings import Settings
+from cvserve.streams import StreamManager
 
 
 @dataclass
@@ -20,6 +21,7 @@ class AppState:
     engine: EngineAPI
     jobs: JobsService
     metrics: Metrics
+    streams: StreamManager
     jobs_ready: threading.Event = field(default_factory=threading.Event)  # set by the lifespan
 
 
@@ -36,4 +38,5 @@ def build_state(settings: Settings, engine: EngineAPI | None = None) -> AppState
         engine=engine,
         jobs=jobs,
         metrics=metrics,
+        streams=StreamManager(settings, engine),
     )

@@ -30,6 +30,10 @@ ASSETS = {
     "app.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
     "favicon.svg": "image/svg+xml",
+    # The streams page (its own files: the image page's app.js stays as it is).
+    "streams.html": "text/html; charset=utf-8",
+    "streams.js": "text/javascript; charset=utf-8",
+    "streams.css": "text/css; charset=utf-8",
 }
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -57,7 +61,7 @@ def asset(name: str, request: Request) -> Response:
         raise ModelNotFound(f"no such page asset: {name}")
     data, etag = _load(name, path.stat().st_mtime_ns)
     headers = {"ETag": etag, "Cache-Control": "no-cache", **SECURITY_HEADERS}
-    if name == "index.html":
+    if name.endswith(".html"):
         headers["Content-Security-Policy"] = CSP
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)

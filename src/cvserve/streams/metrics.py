@@ -1,0 +1,47 @@
+"""Streams on /metrics: how many in each status, and their frame counters, by model.
+
+Labels are the model id and the status only: a source (which may carry credentials, and
+is unbounded) never becomes a label.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from cvserve.streams.manager import StreamManager
+
+STATUSES = ("starting", "running", "reconnecting", "completed", "failed", "stopped")
+
+
+class StreamsCollector(Collector):
+    def __init__(self, manager: StreamManager) -> None:
+        self.manager = manager
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        runs = self.manager.runs()
+        by_status = Counter(run.status for run in runs)
+        streams = GaugeMetricFamily(
+            "cvserve_streams", "Video streams this server holds, by status", labels=["status"]
+        )
+        for status in STATUSES:
+            streams.add_metric([status], by_status.get(status, 0))
+        yield streams
+        frames = CounterMetricFamily(
+            "cvserve_stream_frames",
+            "Frames of the streams held, by model and fate (read, inferred, dropped)",
+            labels=["model", "fate"],
+        )
+        totals: Counter[tuple[str, str]] = Counter()
+        for run in runs:
+            stats = run.as_dict()["stats"]
+            for fate in ("read", "inferred", "dropped"):
+                totals[(run.request.model_id, fate)] += stats[f"frames_{fate}"]
+        for (model, fate), value in sorted(totals.items()):
+            frames.add_metric([model, fate], value)
+        yield frames
