@@ -28,7 +28,8 @@ from common import CACHE, cores  # noqa: E402
 
 from cvserve.geometry import mask_iou  # noqa: E402
 from cvserve.models.base import InferParams  # noqa: E402
-from cvserve.models.runtime import RuntimeOptions, alone_hint  # noqa: E402
+from cvserve.models.context import RunContext  # noqa: E402
+from cvserve.models.runtime import RuntimeOptions  # noqa: E402
 from cvserve.models.store import ModelStore  # noqa: E402
 
 COMPOSITE = "coco-segment/1"
@@ -75,8 +76,7 @@ def _old_path(model, image: np.ndarray, params: InferParams) -> list:  # noqa: A
     det = model.detector.predict(image, params).result
     if not len(det):
         return []
-    with alone_hint(lambda: False):
-        emb = model.segmenter.embed(image)
+    emb = model.segmenter.embed(image, RunContext(alone=lambda: False))
     return model.per_box(emb, det.xyxy)
 
 

@@ -58,7 +58,8 @@ from memory import MODELS as TIMING_PHOTO  # noqa: E402  model -> its photo ther
 
 from cvserve.geometry import mask_iou, match_boxes  # noqa: E402
 from cvserve.models.base import InferParams, Model  # noqa: E402
-from cvserve.models.runtime import RuntimeOptions, SessionPool, alone_hint  # noqa: E402
+from cvserve.models.context import RunContext  # noqa: E402
+from cvserve.models.runtime import RuntimeOptions, SessionPool  # noqa: E402
 from cvserve.models.store import ModelStore, runtimes_of  # noqa: E402
 from cvserve.results import Classification, Detections, SemanticMask  # noqa: E402
 from cvserve.tasks import Task  # noqa: E402
@@ -115,15 +116,19 @@ def calibration_photos() -> tuple[list[np.ndarray], str]:
 
 
 # -- the call, and its session runs ----------------------------------------------------------
+# One thread, as on a busy server: never the all-core session, no split pixel work.
+BUSY = RunContext(alone=lambda: False)
+
+
 def call(model: Model, image: np.ndarray) -> Any:
     """The model's work for one image as the server does it: predict, or for SAM embed and
     a box prompt (the mask)."""
     if model.task is Task.PROMPTABLE_SEGMENTATION:
         h, w = image.shape[:2]
         box = np.array([w * SAM_BOX[0], h * SAM_BOX[1], w * SAM_BOX[2], h * SAM_BOX[3]], np.float32)
-        emb = model.embed(image)  # type: ignore[attr-defined]
-        return model.segment(emb, box=box)[0]  # type: ignore[attr-defined]
-    return model.predict(image, InferParams.defaults_for(model.task)).result
+        emb = model.embed(image, BUSY)  # type: ignore[attr-defined]
+        return model.segment(emb, box=box, ctx=BUSY)[0]  # type: ignore[attr-defined]
+    return model.predict(image, InferParams.defaults_for(model.task), BUSY).result
 
 
 def pools_of(model: Model) -> list[SessionPool]:
@@ -148,14 +153,13 @@ def bare_runs(model: Model, image: np.ndarray) -> Callable[[], None]:
     for pool in pools:
         original = pool.run
 
-        def record(feeds: dict[str, np.ndarray], original: Any = original) -> Any:
+        def record(feeds: dict[str, np.ndarray], ctx: Any = BUSY, original: Any = original) -> Any:
             calls.append((original, feeds))
-            return original(feeds)
+            return original(feeds, ctx)
 
         pool.run = record  # type: ignore[method-assign]
     try:
-        with alone_hint(lambda: False):
-            call(model, image)
+        call(model, image)
     finally:
         for pool in pools:
             del pool.run
@@ -361,8 +365,7 @@ def bench_model(
         names = list(photos)
         images = list(photos.values())
         ref_model = models[REFERENCE]
-        with alone_hint(lambda: False):
-            results = {v: [call(m, img) for img in images] for v, m in models.items()}
+        results = {v: [call(m, img) for img in images] for v, m in models.items()}
         for v in models:
             if v != REFERENCE:
                 out["variants"][v]["agreement"] = agreement(results[REFERENCE], results[v], images)
@@ -377,12 +380,11 @@ def bench_model(
         t_end = time.perf_counter() + args.model_budget
         for r in range(max(2, args.rounds)):
             for v in order[r % len(order) :] + order[: r % len(order)]:
-                with alone_hint(lambda: False):
-                    t0 = time.perf_counter()
-                    call(models[v], image)
-                    t1 = time.perf_counter()
-                    bare[v]()
-                    t2 = time.perf_counter()
+                t0 = time.perf_counter()
+                call(models[v], image)
+                t1 = time.perf_counter()
+                bare[v]()
+                t2 = time.perf_counter()
                 times[v]["call"].append((t1 - t0) * 1e3)
                 times[v]["bare"].append((t2 - t1) * 1e3)
             if r >= 1 and time.perf_counter() > t_end:

@@ -23,13 +23,9 @@ import onnx  # noqa: E402
 from cvserve.errors import ModelLoadError  # noqa: E402
 from cvserve.models.backends import choose  # noqa: E402
 from cvserve.models.backends.openvino import OpenVinoSession, RunCancelled  # noqa: E402
+from cvserve.models.context import RunContext  # noqa: E402
 from cvserve.models.manifest import Manifest, Preprocess  # noqa: E402
-from cvserve.models.runtime import (  # noqa: E402
-    RuntimeOptions,
-    SessionPool,
-    new_run_options,
-    run_options,
-)
+from cvserve.models.runtime import RuntimeOptions, SessionPool, new_run_options  # noqa: E402
 from cvserve.models.store import ModelStore  # noqa: E402
 from cvserve.settings import Settings  # noqa: E402
 from tests.synthetic import constant_model, ultralytics_meta, yolo_head  # noqa: E402
@@ -311,13 +307,13 @@ def test_a_deadline_stops_an_openvino_run(tmp_path):
     timer = threading.Timer(full / 10, lambda: setattr(options, "terminate", True))
     t0 = time.perf_counter()
     timer.start()
-    with run_options(options), pytest.raises(RunCancelled):
-        slow.run(x)
+    with pytest.raises(RunCancelled):
+        slow.run(x, RunContext(options))
     stopped = time.perf_counter() - t0
     assert stopped < full / 2, (stopped, full)
     # Set before the run: it never starts. The session runs again afterwards.
-    with run_options(options), pytest.raises(RunCancelled):
-        slow.run(x)
+    with pytest.raises(RunCancelled):
+        slow.run(x, RunContext(options))
     assert slow.run(x)[0].shape == (256, 256)
 
 

@@ -8,9 +8,10 @@ import pytest
 
 from cvserve.models.base import InferParams, Task
 from cvserve.models.composite import CompositeModel, box_mask
+from cvserve.models.context import RunContext
 from cvserve.models.importers import import_model
 from cvserve.models.manifest import Manifest
-from cvserve.models.runtime import RuntimeOptions, alone_hint
+from cvserve.models.runtime import RuntimeOptions
 from cvserve.models.sam import SamModel
 from cvserve.models.store import ModelStore
 from tests.synthetic_sam import write_sam_model
@@ -52,8 +53,7 @@ def test_composite_masks_equal_one_segment_per_box(store: ModelStore, alone: boo
     assert model.segmenter.decoder_lanes == 2
     image = sample_image(640, 640)
     params = InferParams(confidence=0.3)  # person, car and dog: three boxes
-    with alone_hint(lambda: alone):
-        det = model.predict(image, params).result
+    det = model.predict(image, params, RunContext(alone=lambda: alone)).result
     assert len(det) == 3 and det.masks is not None
     reference = model.per_box(model.segmenter.embed(image), det.xyxy)
     _same(det.masks, reference)
@@ -78,8 +78,7 @@ def test_segment_boxes_odd_boxes_match_segment(store: ModelStore) -> None:
         boxes.append([x, y, x + rng.uniform(1, 200), y + rng.uniform(1, 150)])
     arr = np.array(boxes, np.float32)
     for alone in (True, False):
-        with alone_hint(lambda alone=alone: alone):
-            got = sam.segment_boxes(emb, arr)
+        got = sam.segment_boxes(emb, arr, RunContext(alone=lambda alone=alone: alone))
         want = [(box_mask(*_seg(sam, emb, b)), 0.9) for b in arr]
         _same([m for m, _ in got], [m for m, _ in want])
         assert [s for _, s in got] == pytest.approx([0.9] * len(arr), abs=1e-6)
@@ -103,8 +102,8 @@ def test_real_coco_segment_masks_equal_one_segment_per_box() -> None:
     assert isinstance(model, CompositeModel)
     image = photo(PackageCache(cache_root() / "packages"), "street")  # person, horse, dog
     for alone in (True, False):
-        with alone_hint(lambda alone=alone: alone):
-            det = model.predict(image, InferParams()).result
+        ctx = RunContext(alone=lambda alone=alone: alone)
+        det = model.predict(image, InferParams(), ctx).result
         assert len(det) >= 3 and det.masks is not None
         _same(det.masks, model.per_box(model.segmenter.embed(image), det.xyxy))
 

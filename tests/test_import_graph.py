@@ -253,3 +253,19 @@ def test_the_engine_imports_no_wire_format() -> None:
     assert not violations("cvserve.engine", ("cvserve.wire",), ()), violations(
         "cvserve.engine", ("cvserve.wire",), ()
     )
+
+
+def test_call_state_travels_as_an_argument() -> None:
+    """A call's deadline, cancellation and scheduling hint reach the session runs as a
+    RunContext argument, and a composite gets its parts through an explicit resolver: no
+    thread-local carries request state in the engine or the models (the store's own load
+    bookkeeping, `models/store.py`, is not request state)."""
+    found = [
+        f"{path.relative_to(SRC)}:{n}"
+        for layer in ("engine", "models")
+        for path in sorted((SRC / PACKAGE / layer).rglob("*.py"))
+        if path.name != "store.py"
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if "threading.local(" in line
+    ]
+    assert not found, found

@@ -13,7 +13,6 @@ from PIL import Image
 
 import cvserve.models.preprocess as pre
 from cvserve.models.manifest import Preprocess
-from cvserve.models.runtime import alone_hint
 
 
 def _photo_like(h: int, w: int, seed: int) -> np.ndarray:
@@ -52,8 +51,7 @@ def test_split_resize_equals_one_pillow_call(h, w, out_w, out_h, monkeypatch):
         if cols[1] > out_w:
             continue
         for alone in (True, False):
-            with alone_hint(lambda alone=alone: alone):
-                got = pre._resize(image, out_w, out_h, "pil-bilinear", cols=cols)
+            got = pre._resize(image, out_w, out_h, "pil-bilinear", cols, split=alone)
             assert np.array_equal(got, reference[:, cols[0] : cols[1]]), (cols, alone)
     assert splits, "the split path never ran"
 
@@ -62,11 +60,9 @@ def test_small_images_and_busy_servers_do_not_split(monkeypatch):
     calls = []
     monkeypatch.setattr(pre, "_in_halves", lambda *a: calls.append(a))
     small = _photo_like(100, 120, 1)
-    with alone_hint(lambda: True):
-        pre._resize(small, 60, 50, "pil-bilinear")
+    pre._resize(small, 60, 50, "pil-bilinear", split=True)
     big = _photo_like(480, 640, 2)
-    with alone_hint(lambda: False):
-        pre._resize(big, 298, 224, "pil-bilinear")
+    pre._resize(big, 298, 224, "pil-bilinear", split=False)
     assert calls == []
 
 
@@ -76,8 +72,7 @@ def test_center_crop_equals_resize_then_crop(portrait):
     h, w = (640, 480) if portrait else (480, 640)
     image = _photo_like(h, w, 7)
     spec = Preprocess(resize="center-crop", interpolation="pil-bilinear")
-    with alone_hint(lambda: True):
-        crop, _ = pre.prepare(image, spec, 224, 224)
+    crop, _ = pre.prepare(image, spec, 224, 224, split=True)
     new_w, new_h = (224, int(224 * h / w)) if portrait else (int(224 * w / h), 224)
     full = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
     left, top = int(round((new_w - 224) / 2.0)), int(round((new_h - 224) / 2.0))

@@ -12,6 +12,7 @@ import pytest
 from cvserve.models import registry
 from cvserve.models.base import InferParams, Model, ModelInfo, Task
 from cvserve.models.composite import load_sibling
+from cvserve.models.context import IN_PROCESS, RunContext
 from cvserve.models.manifest import Manifest
 from cvserve.models.runtime import RuntimeOptions, SessionPool
 from cvserve.models.store import ModelStore
@@ -37,7 +38,9 @@ class _Part(Model):
     def __init__(self, model_id: str) -> None:
         self.info = ModelInfo(model_id, Task.CLASSIFICATION, [], None, "t-part")
 
-    def predict(self, image: np.ndarray, params: InferParams) -> Prediction:
+    def predict(
+        self, image: np.ndarray, params: InferParams, ctx: RunContext = IN_PROCESS
+    ) -> Prediction:
         raise NotImplementedError
 
 
@@ -55,9 +58,15 @@ def test_store_loads_a_composites_parts_once(tmp_path: Path) -> None:
         loads.append(mid)
         return _Part(mid)
 
-    @registry.family("t-whole")
-    def _load_whole(mid: str, manifest: Manifest, folder: Path, options: RuntimeOptions) -> Model:
-        return _Whole(mid, load_sibling(folder.parent.parent, "p/1", options))
+    @registry.family("t-whole", parts=True)
+    def _load_whole(
+        mid: str,
+        manifest: Manifest,
+        folder: Path,
+        options: RuntimeOptions,
+        parts: registry.PartResolver | None,
+    ) -> Model:
+        return _Whole(mid, load_sibling(folder.parent.parent, "p/1", options, parts))
 
     for mid, family in (("p/1", "t-part"), ("w/1", "t-whole")):
         (tmp_path / mid).mkdir(parents=True)
@@ -69,7 +78,7 @@ def test_store_loads_a_composites_parts_once(tmp_path: Path) -> None:
     assert loads == ["p/1"]
     assert set(store.stats) == {"p/1", "w/1"}
     # Outside a store (an import's check), a part is loaded on its own.
-    assert load_sibling(tmp_path, "p/1", RuntimeOptions()) is not whole.part
+    assert load_sibling(tmp_path, "p/1", RuntimeOptions(), None) is not whole.part
     assert loads == ["p/1", "p/1"]
 
 

@@ -13,6 +13,7 @@ from cvserve.errors import BadRequest
 from cvserve.jobs.polygons import segments_json
 from cvserve.masks import outlines
 from cvserve.models.base import InferParams
+from cvserve.models.context import IN_PROCESS, RunContext
 from cvserve.models.promptable import PromptableModel, PromptsRequired
 from cvserve.models.runtime import RuntimeOptions
 from cvserve.models.sam import (
@@ -158,10 +159,10 @@ def test_cache_is_lru_and_single_flight(sam_root: Path) -> None:
     runs = []
     real = model.embed
 
-    def slow_embed(img: np.ndarray) -> SamEmbedding:
+    def slow_embed(img: np.ndarray, ctx: RunContext = IN_PROCESS) -> SamEmbedding:
         runs.append(1)
         time.sleep(0.2)
-        return real(img)
+        return real(img, ctx)
 
     model.embed = slow_embed  # type: ignore[method-assign]
 

@@ -31,9 +31,10 @@ from cvserve.engine.residency import Budget, Residency
 from cvserve.errors import BadRequest, DeadlineExceeded, ModelNotFound, Overloaded
 from cvserve.images import decode_image
 from cvserve.models.base import InferParams, Model, ModelInfo
+from cvserve.models.context import RunContext
 from cvserve.models.ids import parse_model_id
 from cvserve.models.registry import info_from_manifest
-from cvserve.models.runtime import alone_hint, new_run_options, run_options
+from cvserve.models.runtime import new_run_options
 from cvserve.models.store import LoadStats, ModelStore
 from cvserve.settings import Settings
 
@@ -229,11 +230,13 @@ class LocalEngine:
         return decoded
 
     async def run(self, model_id: str, fn: Callable[..., T], *args: Any) -> T:
-        """fn(*args) on the model's lanes, admitted by the gate, within the deadline. Past
-        it: 504, and the ONNX Runtime run is told to stop."""
+        """fn(*args, ctx) on the model's lanes, admitted by the gate, within the deadline;
+        `ctx` (a RunContext) carries the call's cancellation and its "alone" hint down to
+        every session run. Past the deadline: 504, and the run is told to stop."""
         gate = self.admission
         gate.enter(model_id)
         options = new_run_options()
+        ctx = RunContext(options, gate.alone)
         admitted = time.perf_counter()
         timing = {"queued": 0.0, "run": 0.0}
 
@@ -242,8 +245,7 @@ class LocalEngine:
             timing["queued"] = begun - admitted
             gate.started(model_id)
             try:
-                with run_options(options), alone_hint(gate.alone):
-                    return fn(*args)
+                return fn(*args, ctx)
             finally:
                 timing["run"] = time.perf_counter() - begun
 

@@ -16,6 +16,7 @@ import numpy as np
 from cvserve.engine import fastpath
 from cvserve.images import decode_image
 from cvserve.models.base import InferParams, Model
+from cvserve.models.context import RunContext
 from cvserve.results import Prediction
 from cvserve.settings import Settings
 
@@ -33,12 +34,12 @@ class Decoded:
             return self.pixels
         return cv2.resize(self.pixels, (self.width, self.height), interpolation=cv2.INTER_LINEAR)
 
-    def predict(self, model: Model, params: InferParams) -> Prediction:
+    def predict(self, model: Model, params: InferParams, ctx: RunContext) -> Prediction:
         """Run the model on these pixels; the result is in the photo's own pixels."""
         if not self.fast:
-            return model.predict(self.pixels, params)
+            return model.predict(self.pixels, params, ctx)
         small = fastpath.cheap_resize(self.pixels, model)
-        return fastpath.rescale(model.predict(small, params), self.width, self.height)
+        return fastpath.rescale(model.predict(small, params, ctx), self.width, self.height)
 
 
 def decode(

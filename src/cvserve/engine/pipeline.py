@@ -17,6 +17,7 @@ import numpy as np
 
 from cvserve.engine.decode import decode
 from cvserve.models.base import InferParams, Model
+from cvserve.models.context import IN_PROCESS, RunContext
 from cvserve.results import Prediction
 from cvserve.settings import Settings
 
@@ -51,10 +52,12 @@ def infer(
     params: InferParams,
     settings: Settings,
     encoder: Encoder[T],
+    ctx: RunContext = IN_PROCESS,
 ) -> T:
-    """Decode and predict one image, then encode it as the door asked."""
+    """Decode and predict one image, then encode it as the door asked. `ctx`: the call's
+    deadline and scheduling hint (the engine's; in-process callers: none, alone)."""
     started = time.perf_counter()
     decoded = decode(model, source, params, settings)
-    prediction = decoded.predict(model, params)
+    prediction = decoded.predict(model, params, ctx)
     pixels = decoded.full_size() if encoder.needs_pixels else None
     return encoder.encode(Inference(prediction, params, started, pixels))

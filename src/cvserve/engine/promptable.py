@@ -10,6 +10,7 @@ import numpy as np
 
 from cvserve.errors import BadRequest
 from cvserve.models.base import Model
+from cvserve.models.context import IN_PROCESS, RunContext
 from cvserve.models.promptable import PromptableModel
 
 
@@ -40,12 +41,16 @@ def promptable(model: Model, model_id: str) -> PromptableModel:
 
 
 def segment(
-    model: PromptableModel, key: str, load_image: Callable[[], np.ndarray], prompt: Prompt
+    model: PromptableModel,
+    key: str,
+    load_image: Callable[[], np.ndarray],
+    prompt: Prompt,
+    ctx: RunContext = IN_PROCESS,
 ) -> PromptResult:
     """Embed (cached under `key`; the image is only decoded on a miss), then decode a mask."""
     t0 = time.perf_counter()
     cached = key in model.cache
-    emb = model.embed_cached(key, load_image)
+    emb = model.embed_cached(key, load_image, ctx)
     sx, sy = (emb.width, emb.height) if prompt.normalised else (1.0, 1.0)
     pts = np.array([[x * sx, y * sy] for x, y, _ in prompt.points], np.float32).reshape(-1, 2)
     labels = np.array([label for _, _, label in prompt.points], np.float32)
@@ -55,6 +60,6 @@ def segment(
         xyxy = np.array([x0 * sx, y0 * sy, x1 * sx, y1 * sy], np.float32)
     has_points = len(pts) > 0
     mask, score = model.segment(
-        emb, pts if has_points else None, labels if has_points else None, xyxy
+        emb, pts if has_points else None, labels if has_points else None, xyxy, ctx
     )
     return PromptResult(mask, score, emb.width, emb.height, cached, time.perf_counter() - t0)

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from cvserve.models.context import IN_PROCESS, RunContext
 from cvserve.results import Prediction
 from cvserve.tasks import InferParams, Task
 
@@ -60,8 +61,11 @@ class Model(ABC):
         return self.info.class_names
 
     @abstractmethod
-    def predict(self, image: np.ndarray, params: InferParams) -> Prediction:
-        """Run the model on one RGB uint8 image (H, W, 3)."""
+    def predict(
+        self, image: np.ndarray, params: InferParams, ctx: RunContext = IN_PROCESS
+    ) -> Prediction:
+        """Run the model on one RGB uint8 image (H, W, 3); `ctx`: the call's deadline and
+        scheduling hint, handed to every session run."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release sessions; called when the model is unloaded."""

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 
 from cvserve.models.base import InferParams
+from cvserve.models.context import IN_PROCESS, RunContext
 from cvserve.models.manifest import Manifest
 from cvserve.models.onnx_model import OnnxModel
 from cvserve.models.preprocess import Transform
@@ -53,9 +54,11 @@ class Classifier(OnnxModel):
         super().__init__(model_id, manifest, folder, options)
         self.options = ClassifierOptions.read(model_id, manifest.postprocess)
 
-    def predict(self, image: np.ndarray, params: InferParams) -> Prediction:
-        tensor, _ = self.preprocess(image)
-        raw = self.run(tensor)[self.options.output]
+    def predict(
+        self, image: np.ndarray, params: InferParams, ctx: RunContext = IN_PROCESS
+    ) -> Prediction:
+        tensor, _ = self.preprocess(image, ctx)
+        raw = self.run(tensor, ctx)[self.options.output]
         raw = np.asarray(raw, np.float32).reshape(-1)
         scores = activate(raw, self.options.activation, self.manifest.multilabel)
         scores = scores.astype(np.float32)
@@ -82,9 +85,11 @@ class SemanticSegmenter(OnnxModel):
         super().__init__(model_id, manifest, folder, options)
         self.options = SemanticOptions.read(model_id, manifest.postprocess)
 
-    def predict(self, image: np.ndarray, params: InferParams) -> Prediction:
-        tensor, transform = self.preprocess(image)
-        out = np.asarray(self.run(tensor)[self.options.output])
+    def predict(
+        self, image: np.ndarray, params: InferParams, ctx: RunContext = IN_PROCESS
+    ) -> Prediction:
+        tensor, transform = self.preprocess(image, ctx)
+        out = np.asarray(self.run(tensor, ctx)[self.options.output])
         kind = self.options.kind
         if out.ndim == 3:
             out = out[:, None]

@@ -20,6 +20,7 @@ import numpy as np
 
 from cvserve.keypoint_sets import COCO_KEYPOINTS, COCO_LAYOUT, COCO_SKELETON
 from cvserve.models.base import InferParams
+from cvserve.models.context import IN_PROCESS, RunContext
 from cvserve.models.manifest import Manifest
 from cvserve.models.nms import nms
 from cvserve.models.onnx_model import OnnxModel
@@ -59,18 +60,22 @@ class MoveNetModel(OnnxModel):
         r = self.side / max(width, height)
         return 32 * math.ceil(width * r / 32), 32 * math.ceil(height * r / 32)
 
-    def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, Transform]:
+    def preprocess(
+        self, image: np.ndarray, ctx: RunContext = IN_PROCESS
+    ) -> tuple[np.ndarray, Transform]:
         """The tensor `predict` runs: at the image's own size for a dynamic input (the
         manifest has none), so calibration (`cvserve models quantize`) sees the same."""
         in_w, in_h = self._input_size(image.shape[1], image.shape[0])
-        pixels, transform = prepare(image, self._spec, in_w, in_h)
+        pixels, transform = prepare(image, self._spec, in_w, in_h, ctx.alone())
         return to_tensor(pixels, self._spec, self._input_dtype), transform
 
-    def predict(self, image: np.ndarray, params: InferParams) -> Prediction:
+    def predict(
+        self, image: np.ndarray, params: InferParams, ctx: RunContext = IN_PROCESS
+    ) -> Prediction:
         h, w = image.shape[:2]
         in_w, in_h = self._input_size(w, h)
-        tensor, transform = self.preprocess(image)
-        out = np.asarray(self.run(tensor)[0])
+        tensor, transform = self.preprocess(image, ctx)
+        out = np.asarray(self.run(tensor, ctx)[0])
         if out.shape[-1] == 56:  # MultiPose
             rows = out.reshape(-1, 56).astype(np.float32)
             kp = rows[:, : 3 * K].reshape(-1, K, 3)

@@ -9,6 +9,7 @@ import numpy as np
 
 from cvserve.errors import ModelLoadError
 from cvserve.models.base import Model
+from cvserve.models.context import IN_PROCESS, RunContext
 from cvserve.models.manifest import Manifest
 from cvserve.models.preprocess import Transform, prepare_tensor
 from cvserve.models.registry import info_from_manifest
@@ -49,9 +50,12 @@ class OnnxModel(Model):
             f"{self.pool.path.name}: input size is dynamic; set preprocess.size in the config"
         )
 
-    def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, Transform]:
+    def preprocess(
+        self, image: np.ndarray, ctx: RunContext = IN_PROCESS
+    ) -> tuple[np.ndarray, Transform]:
         w, h = self.input_size
-        return prepare_tensor(image, self.manifest.preprocess, w, h, self._input_dtype)
+        spec = self.manifest.preprocess
+        return prepare_tensor(image, spec, w, h, self._input_dtype, split=ctx.alone())
 
-    def run(self, tensor: np.ndarray) -> list[np.ndarray]:
-        return self.pool.run({self._input_name: tensor})
+    def run(self, tensor: np.ndarray, ctx: RunContext = IN_PROCESS) -> list[np.ndarray]:
+        return self.pool.run({self._input_name: tensor}, ctx)

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from cvserve.models.manifest import Preprocess
-from cvserve.models.runtime import alone_now, helper_threads
+from cvserve.models.runtime import helper_threads
 
 # Center crop resizes the short side first; past this many times the input's area the
 # intermediate image is skipped (extreme aspect ratios would allocate gigabytes).
@@ -56,20 +56,28 @@ class Transform:
 
 
 def _resize(
-    image: np.ndarray, w: int, h: int, interpolation: str, cols: tuple[int, int] | None = None
+    image: np.ndarray,
+    w: int,
+    h: int,
+    interpolation: str,
+    cols: tuple[int, int] | None = None,
+    split: bool = True,
 ) -> np.ndarray:
-    """The image resized to (w, h); only output columns cols[0]:cols[1] if given."""
+    """The image resized to (w, h); only output columns cols[0]:cols[1] if given. `split`:
+    the request is alone in flight, so pixel work may take a second core."""
     if image.shape[1] == w and image.shape[0] == h:
         out = image
     elif interpolation == "pil-bilinear":
         # Matches torchvision/PIL reference pipelines (antialiased bilinear).
-        return _pil_bilinear(image, w, h, cols or (0, w))
+        return _pil_bilinear(image, w, h, cols or (0, w), split)
     else:
         out = cv2.resize(image, (w, h), interpolation=_CV_INTERP[interpolation])
     return out if cols is None else out[:, cols[0] : cols[1]]
 
 
-def _pil_bilinear(image: np.ndarray, w: int, h: int, cols: tuple[int, int]) -> np.ndarray:
+def _pil_bilinear(
+    image: np.ndarray, w: int, h: int, cols: tuple[int, int], split: bool = True
+) -> np.ndarray:
     """Pillow's antialiased bilinear resize, output columns cols[0]:cols[1].
 
     While the request is alone in flight, the work is split across two cores. Pillow
@@ -80,7 +88,7 @@ def _pil_bilinear(image: np.ndarray, w: int, h: int, cols: tuple[int, int]) -> n
     arithmetic on the same values, the same bytes (tests/test_preprocess_exact.py)."""
     height, width = image.shape[:2]
     c0, c1 = cols
-    if image.size < _SPLIT_MIN_BYTES or not alone_now():
+    if image.size < _SPLIT_MIN_BYTES or not split:
         return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))[
             :, c0:c1
         ]
@@ -123,7 +131,12 @@ def letterbox_geometry(
 
 
 def prepare_tensor(
-    image: np.ndarray, spec: Preprocess, in_w: int, in_h: int, dtype: type | None = None
+    image: np.ndarray,
+    spec: Preprocess,
+    in_w: int,
+    in_h: int,
+    dtype: type | None = None,
+    split: bool = True,
 ) -> tuple[np.ndarray, Transform]:
     """prepare() then to_tensor(), the letterboxed float32 NCHW case in one pass: each
     resized plane goes through its value table straight into its place in the tensor and
@@ -137,9 +150,9 @@ def prepare_tensor(
         and image.shape[2] == 3
     )
     if not planar:
-        pixels, transform = prepare(image, spec, in_w, in_h)
+        pixels, transform = prepare(image, spec, in_w, in_h, split)
         return to_tensor(pixels, spec, dtype), transform
-    resized, transform = _letterbox_resize(image, spec, in_w, in_h)
+    resized, transform = _letterbox_resize(image, spec, in_w, in_h, split)
     left, top, right, bottom = transform.content
     out = np.empty((1, 3, in_h, in_w), np.float32)
     fill = channel_values(spec)[:, int(spec.pad_value), None, None]  # (3, 1, 1)
@@ -153,12 +166,12 @@ def prepare_tensor(
 
 
 def _letterbox_resize(
-    image: np.ndarray, spec: Preprocess, in_w: int, in_h: int
+    image: np.ndarray, spec: Preprocess, in_w: int, in_h: int, split: bool
 ) -> tuple[np.ndarray, Transform]:
     """The resized image before padding, and the letterbox's inverse transform."""
     h, w = image.shape[:2]
     r, new_w, new_h, left, top = letterbox_geometry(w, h, in_w, in_h, spec.pad_align)
-    resized = np.ascontiguousarray(_resize(image, new_w, new_h, spec.interpolation))
+    resized = np.ascontiguousarray(_resize(image, new_w, new_h, spec.interpolation, None, split))
     # The resize maps w -> new_w and h -> new_h exactly, so each axis inverts with its own
     # gain (as Ultralytics 8.4's scale_boxes/scale_coords do; the single gain r was
     # off by up to half a model pixel on the rounded side).
@@ -175,12 +188,12 @@ def center_crop_resize_size(w: int, h: int, in_w: int, in_h: int) -> tuple[int, 
 
 
 def prepare(
-    image: np.ndarray, spec: Preprocess, in_w: int, in_h: int
+    image: np.ndarray, spec: Preprocess, in_w: int, in_h: int, split: bool = True
 ) -> tuple[np.ndarray, Transform]:
     """Resize/pad an RGB uint8 image to (in_h, in_w, 3) uint8 and return the inverse transform."""
     h, w = image.shape[:2]
     if spec.resize == "letterbox" or spec.resize == "fit":
-        resized, t = _letterbox_resize(image, spec, in_w, in_h)
+        resized, t = _letterbox_resize(image, spec, in_w, in_h, split)
         left, top, right, bottom = t.content
         # One pass: the border is written around the resized pixels (no full + copy).
         pad = int(spec.pad_value)
@@ -195,7 +208,7 @@ def prepare(
         )
         return canvas, t
     if spec.resize == "stretch":
-        resized = _resize(image, in_w, in_h, spec.interpolation)
+        resized = _resize(image, in_w, in_h, spec.interpolation, None, split)
         return resized, Transform(in_w / w, in_h / h, 0, 0, w, h, (0, 0, in_w, in_h))
     if spec.resize == "center-crop":
         # Resize the short side to the input size, then crop the centre (classifiers).
@@ -204,9 +217,10 @@ def prepare(
         new_w, new_h = center_crop_resize_size(w, h, in_w, in_h)
         r = new_w / w if w <= h else new_h / h
         if new_w * new_h > MAX_CROP_GROWTH * in_w * in_h:
-            return _center_crop_first(image, in_w, in_h, r, spec.interpolation)
+            return _center_crop_first(image, in_w, in_h, r, spec.interpolation, split)
         left, top = int(round((new_w - in_w) / 2.0)), int(round((new_h - in_h) / 2.0))
-        resized = _resize(image, new_w, new_h, spec.interpolation, cols=(left, left + in_w))
+        cols = (left, left + in_w)
+        resized = _resize(image, new_w, new_h, spec.interpolation, cols, split)
         crop = resized[top : top + in_h]
         return crop, Transform(r, r, -left, -top, w, h, (0, 0, in_w, in_h))
     # "none": the model takes the image as is (dynamic input).
@@ -214,14 +228,14 @@ def prepare(
 
 
 def _center_crop_first(
-    image: np.ndarray, in_w: int, in_h: int, r: float, interpolation: str
+    image: np.ndarray, in_w: int, in_h: int, r: float, interpolation: str, split: bool
 ) -> tuple[np.ndarray, Transform]:
     """Center crop for extreme aspect ratios: crop the source region first, then resize it,
     so a 1 x 20000 image never becomes a 64 x 1280000 intermediate."""
     h, w = image.shape[:2]
     cw, ch = min(w, max(1, int(round(in_w / r)))), min(h, max(1, int(round(in_h / r))))
     x0, y0 = (w - cw) // 2, (h - ch) // 2
-    crop = _resize(image[y0 : y0 + ch, x0 : x0 + cw], in_w, in_h, interpolation)
+    crop = _resize(image[y0 : y0 + ch, x0 : x0 + cw], in_w, in_h, interpolation, None, split)
     sx, sy = in_w / cw, in_h / ch
     return crop, Transform(sx, sy, -x0 * sx, -y0 * sy, w, h, (0, 0, in_w, in_h))
 

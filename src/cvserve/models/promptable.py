@@ -21,6 +21,7 @@ import numpy as np
 
 from cvserve.errors import BadRequest
 from cvserve.models.base import InferParams, Model
+from cvserve.models.context import IN_PROCESS, RunContext
 from cvserve.results import Prediction
 
 
@@ -106,11 +107,12 @@ class PromptableModel(Model, Generic[E]):
     cache: EmbeddingCache[E]
 
     @abstractmethod
-    def embed(self, image: np.ndarray) -> E:
+    def embed(self, image: np.ndarray, ctx: RunContext = IN_PROCESS) -> E:
         """Encode one image: the costly step, done once per image.
 
         Arguments:
           image: uint8 array (H, W, 3), RGB, EXIF-oriented, in original pixels.
+          ctx: the call's deadline and scheduling hint, for the encoder's run.
 
         Returns:
           The image's embedding, with (H, W) as its `height` and `width`.
@@ -123,6 +125,7 @@ class PromptableModel(Model, Generic[E]):
         points: np.ndarray | None = None,
         labels: np.ndarray | None = None,
         box: np.ndarray | None = None,
+        ctx: RunContext = IN_PROCESS,
     ) -> tuple[np.ndarray, float]:
         """One mask for the prompts on an embedded image: the cheap step.
 
@@ -132,6 +135,7 @@ class PromptableModel(Model, Generic[E]):
           points: float array (N, 2) of (x, y) prompt points, or None.
           labels: array (N,), one per point: 1 foreground, 0 background; None: all 1.
           box: float array (4,), the box prompt as (x1, y1, x2, y2), or None.
+          ctx: the call's deadline and scheduling hint, for the decoder's run.
 
         Returns:
           (mask, score): a bool array (H, W) at the original image size, and the model's
@@ -141,16 +145,23 @@ class PromptableModel(Model, Generic[E]):
           BadRequest: no prompt, or labels that do not match the points.
         """
 
-    def embed_cached(self, key: str, image: np.ndarray | Callable[[], np.ndarray]) -> E:
+    def embed_cached(
+        self,
+        key: str,
+        image: np.ndarray | Callable[[], np.ndarray],
+        ctx: RunContext = IN_PROCESS,
+    ) -> E:
         """`embed`, remembered under a caller-chosen key (e.g. file id + content hash).
 
         `image` may be a zero-argument callable, so a cache hit skips decoding the file.
         """
         return self.cache.get_or_compute(
-            key, lambda: self.embed(image() if callable(image) else image)
+            key, lambda: self.embed(image() if callable(image) else image, ctx)
         )
 
-    def predict(self, image: np.ndarray, params: InferParams) -> Prediction:
+    def predict(
+        self, image: np.ndarray, params: InferParams, ctx: RunContext = IN_PROCESS
+    ) -> Prediction:
         raise PromptsRequired(
             f"model {self.info.model_id} is promptable: it needs points or a box prompt"
         )

@@ -8,9 +8,7 @@ line in `_FAMILY_MODULES`.
 from __future__ import annotations
 
 import importlib
-import threading
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -23,7 +21,10 @@ from cvserve.models.base import Model, ModelInfo, Task
 from cvserve.models.manifest import Manifest
 from cvserve.models.runtime import RuntimeOptions
 
-Loader = Callable[[str, Manifest, Path, RuntimeOptions], Model]
+Loader = Callable[..., Model]  # (model_id, manifest, folder, options[, parts]) -> Model
+# A composite's way to its parts, by model id: the store's loaded ones, so coco-segment
+# shares coco-detect's and mobilesam's sessions instead of a copy of its own.
+PartResolver = Callable[[str], Model]
 # "tensor": one ONNX file run on the family's preprocessed tensor; "encoder": SAM's image
 # encoder only; "composite": its parts' int8 variants. None: not quantized.
 QuantizeKind = Literal["tensor", "encoder", "composite"]
@@ -50,6 +51,7 @@ class Family:
     options: type[FamilyOptions] = FamilyOptions
     keypoints: KeypointLayout | None = None  # None: the manifest's, or by postprocess.kpt_shape
     quantize: QuantizeKind | None = None
+    parts: bool = False  # its loader takes a PartResolver (a composite of other models)
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -73,11 +75,12 @@ def family(
     options: type[FamilyOptions] = FamilyOptions,
     keypoints: KeypointLayout | None = None,
     quantize: QuantizeKind | None = None,
+    parts: bool = False,
 ) -> Callable[[Loader], Loader]:
     """Register the decorated loader as family `name`'s, with the rest of its record."""
 
     def register(loader: Loader) -> Loader:
-        _FAMILIES[name] = Family(name, loader, options, keypoints, quantize)
+        _FAMILIES[name] = Family(name, loader, options, keypoints, quantize, parts)
         return loader
 
     return register
@@ -106,12 +109,22 @@ def family_of(name: str) -> Family | None:
     return _FAMILIES.get(name)
 
 
-def load(model_id: str, manifest: Manifest, folder: Path, options: RuntimeOptions) -> Model:
+def load(
+    model_id: str,
+    manifest: Manifest,
+    folder: Path,
+    options: RuntimeOptions,
+    parts: PartResolver | None = None,
+) -> Model:
+    """The model in `folder`. `parts`: where a composite takes its parts from (None: it
+    loads copies of its own, from the folders beside it)."""
     record = family_of(manifest.family)
     if record is None:
         raise ModelLoadError(
             f"model {model_id}: unknown family {manifest.family!r}; known: {', '.join(sorted(_FAMILIES))}"
         )
+    if record.parts:
+        return record.load(model_id, manifest, folder, options, parts)
     return record.load(model_id, manifest, folder, options)
 
 
@@ -140,25 +153,3 @@ def info_from_manifest(model_id: str, manifest: Manifest) -> ModelInfo:
         keypoint_names=names,
         skeleton=skeleton,
     )
-
-
-_store = threading.local()
-
-
-@contextmanager
-def siblings_from(get: Callable[[str], Model]) -> Iterator[None]:
-    """Loads on this thread take the models they are made of (a composite's parts) from
-    `get` (the store's loaded models, loading them there if needed), not a copy of their
-    own: coco-segment then shares coco-detect's and mobilesam's sessions."""
-    previous = getattr(_store, "get", None)
-    _store.get = get
-    try:
-        yield
-    finally:
-        _store.get = previous
-
-
-def shared_sibling(model_id: str) -> Model | None:
-    """`model_id` from the store loading on this thread, or None outside a store's load."""
-    get: Callable[[str], Model] | None = getattr(_store, "get", None)
-    return get(model_id) if get is not None else None

@@ -17,6 +17,7 @@ import numpy as np
 
 from cvserve.keypoint_sets import FACE_LANDMARKS, FACE_LAYOUT, FACE_SKELETON
 from cvserve.models.base import InferParams
+from cvserve.models.context import IN_PROCESS, RunContext
 from cvserve.models.manifest import Manifest
 from cvserve.models.nms import nms
 from cvserve.models.onnx_model import OnnxModel
@@ -80,17 +81,21 @@ class RetinaFaceModel(OnnxModel):
         r = min(1.0, self.max_side / max(width, height)) if self.max_side > 0 else 1.0
         return max(1, round(width * r)), max(1, round(height * r))
 
-    def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, Transform]:
+    def preprocess(
+        self, image: np.ndarray, ctx: RunContext = IN_PROCESS
+    ) -> tuple[np.ndarray, Transform]:
         """The tensor `predict` runs: the image itself, scaled down to `max_side`."""
         in_w, in_h = self._input_size(image.shape[1], image.shape[0])
-        pixels, transform = prepare(image, self._spec, in_w, in_h)
+        pixels, transform = prepare(image, self._spec, in_w, in_h, ctx.alone())
         return to_tensor(pixels, self._spec, self._input_dtype), transform
 
-    def predict(self, image: np.ndarray, params: InferParams) -> Prediction:
+    def predict(
+        self, image: np.ndarray, params: InferParams, ctx: RunContext = IN_PROCESS
+    ) -> Prediction:
         h, w = image.shape[:2]
         in_w, in_h = self._input_size(w, h)
-        tensor, transform = self.preprocess(image)
-        loc, conf, landmarks = (np.asarray(o)[0] for o in self.run(tensor)[:3])
+        tensor, transform = self.preprocess(image, ctx)
+        loc, conf, landmarks = (np.asarray(o)[0] for o in self.run(tensor, ctx)[:3])
         scores = conf[:, 1]
         idx = np.flatnonzero(scores > params.confidence)
         if params.class_filter and self.class_names[0] not in params.class_filter:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,7 @@ import onnxruntime as ort
 
 from cvserve.cpus import available_cores
 from cvserve.models.backends import Session, session_maker
+from cvserve.models.context import IN_PROCESS, RunContext
 from cvserve.models.memory import peak_bytes, reset_peak, resident_bytes
 
 _ORT_DTYPES = {
@@ -72,39 +73,6 @@ def _limit_library_threads() -> None:
         pass
 
 
-_run_context = threading.local()
-
-
-@contextmanager
-def _on_this_thread(name: str, value: object) -> Iterator[None]:
-    previous = getattr(_run_context, name, None)
-    setattr(_run_context, name, value)
-    try:
-        yield
-    finally:
-        setattr(_run_context, name, previous)
-
-
-def run_options(options: ort.RunOptions | None) -> AbstractContextManager[None]:
-    """Runs on this thread use `options` (the HTTP layer sets `terminate` on a deadline)."""
-    return _on_this_thread("options", options)
-
-
-def alone_hint(alone: Callable[[], bool] | None) -> AbstractContextManager[None]:
-    """Work on this thread asks `alone()` whether its request is the only one in flight
-    (the HTTP layer knows; queued and decoding requests count). Only then may a run take
-    the all-core session, or pixel work split across cores: otherwise single-threaded
-    lanes give more images per second, and the all-core session's spinning threads would
-    take the cores the other requests' decoding needs."""
-    return _on_this_thread("alone", alone)
-
-
-def alone_now() -> bool:
-    """Whether this thread's request is alone in flight (no hint, as in-process: yes)."""
-    hint = getattr(_run_context, "alone", None)
-    return hint() if hint is not None else True
-
-
 _helper_lock = threading.Lock()
 _helper: list[ThreadPoolExecutor] = []
 
@@ -123,10 +91,6 @@ def new_run_options() -> ort.RunOptions:
     options = ort.RunOptions()
     options.log_severity_level = 4  # a run stopped on purpose is not an error to log
     return options
-
-
-def current_run_options() -> ort.RunOptions | None:
-    return getattr(_run_context, "options", None)
 
 
 # A model whose first run adds more than this to the process's peak gives its activation
@@ -191,8 +155,8 @@ class SessionPool:
         finally:
             self._free.put(s)
 
-    def _options(self, shrink: bool) -> ort.RunOptions | None:
-        options = current_run_options()
+    def _options(self, shrink: bool, ctx: RunContext) -> ort.RunOptions | None:
+        options = ctx.options
         if shrink:
             if options is None:
                 options = new_run_options()
@@ -201,36 +165,36 @@ class SessionPool:
             options.add_run_config_entry(*_SHRINK)
         return options
 
-    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def run(self, feeds: dict[str, np.ndarray], ctx: RunContext = IN_PROCESS) -> list[np.ndarray]:
         if self.lean is None:
-            return self._first_run(feeds)
-        return self._run(feeds, self.lean)
+            return self._first_run(feeds, ctx)
+        return self._run(feeds, self.lean, ctx)
 
-    def _first_run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def _first_run(self, feeds: dict[str, np.ndarray], ctx: RunContext) -> list[np.ndarray]:
         """Measured: its activation memory is the peak it adds to the process. Given back
         at its end, so that a large model never keeps it (a small one keeps it next time)."""
         before = resident_bytes()
         measured = reset_peak()
-        out = self._run(feeds, shrink=measured)
+        out = self._run(feeds, measured, ctx)
         if self.lean is None:
             grown = (peak_bytes() if measured else resident_bytes()) - before
             self.lean = grown > LEAN_RUN_BYTES
         return out
 
-    def _run(self, feeds: dict[str, np.ndarray], shrink: bool) -> list[np.ndarray]:
+    def _run(self, feeds: dict[str, np.ndarray], shrink: bool, ctx: RunContext) -> list[np.ndarray]:
         with self._count_lock:
             idle = self._running == 0
             self._running += 1
         try:
             if idle and self._wide is not None:
-                idle = alone_now()
+                idle = ctx.alone()
             if idle and self._wide is not None and self._wide_free.acquire(blocking=False):
                 try:
-                    return self._wide.run(None, feeds, run_options=self._options(shrink))
+                    return self._wide.run(None, feeds, run_options=self._options(shrink, ctx))
                 finally:
                     self._wide_free.release()
             with self.session() as s:
-                return s.run(None, feeds, run_options=self._options(shrink))
+                return s.run(None, feeds, run_options=self._options(shrink, ctx))
         finally:
             with self._count_lock:
                 self._running -= 1

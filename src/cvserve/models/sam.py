@@ -34,17 +34,11 @@ import numpy as np
 from cvserve.errors import BadRequest, ModelLoadError
 from cvserve.models import registry
 from cvserve.models.base import ModelInfo, Task
+from cvserve.models.context import IN_PROCESS, RunContext
 from cvserve.models.manifest import Manifest
 from cvserve.models.preprocess import _pil_bilinear as pil_bilinear
 from cvserve.models.promptable import Embedding, EmbeddingCache, PromptableModel
-from cvserve.models.runtime import (
-    RuntimeOptions,
-    SessionPool,
-    alone_now,
-    current_run_options,
-    helper_threads,
-    run_options,
-)
+from cvserve.models.runtime import RuntimeOptions, SessionPool, helper_threads
 from cvserve.results import BoxMask
 
 PIXEL_MEAN = np.array([123.675, 116.28, 103.53], np.float32)
@@ -77,13 +71,15 @@ def resized_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
     return int(height * scale + 0.5), int(width * scale + 0.5)
 
 
-def encoder_input(image: np.ndarray, size: int = DEFAULT_INPUT) -> tuple[np.ndarray, int, int]:
+def encoder_input(
+    image: np.ndarray, size: int = DEFAULT_INPUT, split: bool = True
+) -> tuple[np.ndarray, int, int]:
     """RGB uint8 (H, W, 3) -> ([1, 3, size, size] float32, resized h, resized w)."""
     h, w = image.shape[:2]
     nh, nw = resized_shape(h, w, size)
     # PIL's bilinear (antialiased when shrinking) is what the reference transform uses.
     # (split over two cores while the request is alone: the same bytes, see pil_bilinear)
-    resized = image if (nh, nw) == (h, w) else pil_bilinear(image, nw, nh, (0, nw))
+    resized = image if (nh, nw) == (h, w) else pil_bilinear(image, nw, nh, (0, nw), split)
     x = np.zeros((1, 3, size, size), np.float32)
     # zero padding after normalising, as SAM does; per channel, in place: the same float32
     # operations as (resized - mean) / std on the whole array, without its temporaries.
@@ -163,13 +159,13 @@ class SamModel(PromptableModel[SamEmbedding]):
         self.cache = EmbeddingCache(cache_size)
 
     # -- encoder ------------------------------------------------------------------------
-    def embed(self, image: np.ndarray) -> SamEmbedding:
+    def embed(self, image: np.ndarray, ctx: RunContext = IN_PROCESS) -> SamEmbedding:
         """See `PromptableModel.embed`: RGB uint8 (H, W, 3) -> the encoder's output for it.
         The costly step (MobileSAM: ~0.7 s on CPU)."""
         if image.ndim != 3 or image.shape[2] != 3:
             raise BadRequest("SAM needs an RGB image")
-        x, nh, nw = encoder_input(image, self.input_size)
-        (emb,) = self.encoder.run({self._encoder_input: x})[:1]
+        x, nh, nw = encoder_input(image, self.input_size, ctx.alone())
+        (emb,) = self.encoder.run({self._encoder_input: x}, ctx)[:1]
         h, w = image.shape[:2]
         return SamEmbedding(np.ascontiguousarray(emb, np.float32), h, w, nh, nw)
 
@@ -180,16 +176,17 @@ class SamModel(PromptableModel[SamEmbedding]):
         points: np.ndarray | None = None,
         labels: np.ndarray | None = None,
         box: np.ndarray | None = None,
+        ctx: RunContext = IN_PROCESS,
     ) -> tuple[np.ndarray, float]:
         """See `PromptableModel.segment`: points (N, 2) and box (4,) xyxy in image pixels
         -> (bool mask (H, W) at the original image size, predicted IoU score)."""
         coords, labs = prompt_arrays(embedding, points, labels, box)
-        outputs = self.decoder.run(self._feeds(embedding, coords, labs))
+        outputs = self.decoder.run(self._feeds(embedding, coords, labs), ctx)
         logits, score = self._best(embedding, outputs)
         return self._full_size(embedding, logits) > 0, score
 
     def segment_boxes(
-        self, embedding: SamEmbedding, boxes: np.ndarray
+        self, embedding: SamEmbedding, boxes: np.ndarray, ctx: RunContext = IN_PROCESS
     ) -> list[tuple[BoxMask, float]]:
         """One box prompt each: the mask inside each (outward-rounded, clipped) box and its
         score, exactly `box_mask(segment(embedding, box=b))` for every box b.
@@ -198,7 +195,7 @@ class SamModel(PromptableModel[SamEmbedding]):
         are shared out over them (this thread and the helper threads, one single-threaded
         session each); otherwise they run one after the other as `segment` does."""
         boxes = np.asarray(boxes).reshape(-1, 4)
-        options = current_run_options()
+        options = ctx.options
 
         def one(
             box: np.ndarray, run: Callable[[dict[str, np.ndarray]], list[np.ndarray]]
@@ -214,11 +211,11 @@ class SamModel(PromptableModel[SamEmbedding]):
             return BoxMask(x0, y0, np.ascontiguousarray(inside)), score
 
         workers = min(len(boxes), self.decoder_lanes)
-        if workers < 2 or not alone_now():
-            return [one(b, self.decoder.run) for b in boxes]
+        if workers < 2 or not ctx.alone():
+            return [one(b, lambda f: self.decoder.run(f, ctx)) for b in boxes]
 
         def share(k: int) -> list[tuple[BoxMask, float]]:
-            with run_options(options), self.decoder.session() as s:
+            with self.decoder.session() as s:
                 return [
                     one(b, lambda f: s.run(None, f, run_options=options)) for b in boxes[k::workers]
                 ]

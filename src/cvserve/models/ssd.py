@@ -16,6 +16,7 @@ import numpy as np
 
 from cvserve.errors import ModelLoadError
 from cvserve.models.base import InferParams
+from cvserve.models.context import IN_PROCESS, RunContext
 from cvserve.models.manifest import Manifest
 from cvserve.models.nms import nms
 from cvserve.models.onnx_model import OnnxModel
@@ -48,10 +49,12 @@ class SsdModel(OnnxModel):
             for k, role in enumerate(_ROLES)
         ]
 
-    def predict(self, image: np.ndarray, params: InferParams) -> Prediction:
+    def predict(
+        self, image: np.ndarray, params: InferParams, ctx: RunContext = IN_PROCESS
+    ) -> Prediction:
         h, w = image.shape[:2]
-        tensor, transform = self.preprocess(image)
-        outs = self.run(tensor)
+        tensor, transform = self.preprocess(image, ctx)
+        outs = self.run(tensor, ctx)
         boxes, scores, classes, num = (np.asarray(outs[i]) for i in self._outputs)
         n = int(num.reshape(-1)[0]) if num.size else scores.shape[-1]
         boxes = boxes.reshape(-1, 4)[:n].astype(np.float32)

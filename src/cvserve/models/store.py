@@ -230,8 +230,9 @@ class ModelStore:
         nested: list[int] | None = getattr(_loading, "nested", None)
         _loading.nested = [0]  # parts loaded during this load (a composite's) count as theirs
         try:
-            with registry.siblings_from(self.get):
-                model = registry.load(model_id, manifest, self.folder(model_id), self.options)
+            model = registry.load(
+                model_id, manifest, self.folder(model_id), self.options, parts=self.get
+            )
         finally:
             parts, _loading.nested = _loading.nested[0], nested
         seconds = time.perf_counter() - began

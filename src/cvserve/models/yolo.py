@@ -17,6 +17,7 @@ from cvserve.errors import ModelLoadError
 from cvserve.geometry import cxcywh_to_xyxy
 from cvserve.keypoint_sets import default_names, default_skeleton
 from cvserve.models.base import InferParams, Task
+from cvserve.models.context import IN_PROCESS, RunContext
 from cvserve.models.manifest import Manifest
 from cvserve.models.nms import nms
 from cvserve.models.onnx_model import OnnxModel
@@ -82,9 +83,11 @@ class YoloModel(OnnxModel):
     def extra(self) -> int:
         return self.num_masks + self.kpt_count * self.kpt_dims
 
-    def predict(self, image: np.ndarray, params: InferParams) -> Prediction:
-        tensor, transform = self.preprocess(image)
-        outputs = self.run(tensor)
+    def predict(
+        self, image: np.ndarray, params: InferParams, ctx: RunContext = IN_PROCESS
+    ) -> Prediction:
+        tensor, transform = self.preprocess(image, ctx)
+        outputs = self.run(tensor, ctx)
         h, w = image.shape[:2]
         rows = self._rows(outputs[0])
         if self.layout == "end2end":

@@ -33,8 +33,7 @@ _SAM_OPS = ["MatMul", "Gemm"]  # dynamic ConvInteger is slower than float convol
 
 def _load_staged(store: ModelStore, model_id: str, manifest: Manifest, folder: Path) -> Model:
     """A staged folder's model, loaded as the store would (a composite's parts: the store's)."""
-    with registry.siblings_from(store.get):
-        return registry.load(model_id, manifest, folder, store.options)
+    return registry.load(model_id, manifest, folder, store.options, parts=store.get)
 
 
 def _install(
