@@ -339,12 +339,12 @@ def sam_bench(args: argparse.Namespace, photo: np.ndarray, tmp: Path, repeats: i
                 break
     if store is None:
         sys.path.insert(0, str(ROOT))
-        from tests.synthetic_sam import MODEL_ID, write_sam_model
+        from tests.support.synthetic_sam import MODEL_ID, write_sam_model
 
         write_sam_model(tmp / "sam-store", encoder_work=12, decoder_work=0)
         store = ModelStore(tmp / "sam-store", RuntimeOptions(1, cores()))
         sam_id = MODEL_ID
-        out["model"] = "synthetic SAM-shaped pair (tests/synthetic_sam.py)"
+        out["model"] = "synthetic SAM-shaped pair (tests/support/synthetic_sam.py)"
         out["note"] = (
             "no MobileSAM in the store (`cvserve models pull mobilesam`, then "
             "--sam-store DIR): the decoder timing below is NOT MobileSAM's"

@@ -4,8 +4,8 @@
 - `add_model(store, model_id, path, config=None)` imports an .onnx / folder into it.
 - `make_client(store, **settings)` (fixture) gives a started TestClient over that store;
   keyword arguments override Settings fields (api_keys, max_body_bytes, ...).
-- With CI=true a skip of a headline feature's test is a failure (tests/strict_skips.py).
-- The tests on the Ray engine run last (tests/engines.py).
+- With CI=true a skip of a headline feature's test is a failure (tests/support/strict_skips.py).
+- The tests on the Ray engine run last (tests/support/engines.py).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from cvserve.models.importers import import_model
 from cvserve.models.runtime import RuntimeOptions
 from cvserve.models.store import ModelStore
 from cvserve.settings import Settings
-from tests.engines import (  # noqa: F401 - fixtures for every module
+from tests.support.engines import (  # noqa: F401 - fixtures for every module
     ON_RAY,
     engine_store,
     local_clients_server,
@@ -31,8 +31,8 @@ from tests.engines import (  # noqa: F401 - fixtures for every module
     ray_cluster,
     ray_engine_server,
 )
-from tests.postgres_server import pg_url, postgres  # noqa: F401 - fixtures for every module
-from tests.strict_skips import (  # noqa: F401 - hooks, found by name in this conftest
+from tests.support.postgres_server import pg_url, postgres  # noqa: F401 - fixtures for every module
+from tests.support.strict_skips import (  # noqa: F401 - hooks, found by name in this conftest
     pytest_make_collect_report,
     pytest_runtest_makereport,
 )
@@ -110,7 +110,7 @@ def hosted(
 def packages():  # noqa: ANN201 - PackageCache, imported lazily
     """The registry package cache the zoo tests share (photos and weights come from it)."""
     from cvserve.zoo.packages import PackageCache
-    from tests.zoo_cache import cache_root
+    from tests.support.zoo_cache import cache_root
 
     return PackageCache(cache_root() / "packages")
 

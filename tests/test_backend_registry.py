@@ -9,7 +9,7 @@ import pytest
 
 from cvserve.errors import ModelLoadError
 from cvserve.models.backends import registry, session_maker
-from tests.synthetic import rect_finder_model, ultralytics_meta
+from tests.support.synthetic import rect_finder_model, ultralytics_meta
 
 
 def test_every_backend_has_a_record_the_reference_first() -> None:

@@ -2,7 +2,7 @@
 `auto` takes OpenVINO only where it is exact and faster and measures once per file, a
 deadline stops an OpenVINO run, and manifests and settings choose the runtime.
 
-With CI=true a skip here fails (tests/strict_skips.py): OpenVINO is in the test extra.
+With CI=true a skip here fails (tests/support/strict_skips.py): OpenVINO is in the test extra.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from cvserve.models.manifest import Manifest, Preprocess  # noqa: E402
 from cvserve.models.runtime import RuntimeOptions, SessionPool, new_run_options  # noqa: E402
 from cvserve.models.store import ModelStore  # noqa: E402
 from cvserve.settings import Settings  # noqa: E402
-from tests.synthetic import constant_model, ultralytics_meta, yolo_head  # noqa: E402
+from tests.support.synthetic import constant_model, ultralytics_meta, yolo_head  # noqa: E402
 
 
 def conv_model(path: Path, side: int = 64, seed: int = 0) -> Path:

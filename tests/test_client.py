@@ -1,5 +1,5 @@
 """The Python SDK (cvserve.Client) against a live server on a socket, with synthetic models
-whose answers are known exactly (tests/synthetic_store.py)."""
+whose answers are known exactly (tests/support/synthetic_store.py)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,14 @@ from PIL import Image
 import cvserve
 from cvserve.client import Client, CVServeHTTPError, prediction_from_json
 from cvserve.results import Classification, Detections, SemanticMask
-from tests.live_server import LiveServer
-from tests.synthetic_store import DET_BOXES, SEG_BOX, build_store, pose_keypoints, sample_image
+from tests.support.live_server import LiveServer
+from tests.support.synthetic_store import (
+    DET_BOXES,
+    SEG_BOX,
+    build_store,
+    pose_keypoints,
+    sample_image,
+)
 
 KEY = "test-key-123"
 PERSON_RGB = (255, 56, 56)  # palette colour 0 (cvserve.render.annotate)

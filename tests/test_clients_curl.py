@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from tests.engines import ENGINES, clients_server
-from tests.official_clients import strip_volatile
+from tests.support.engines import ENGINES, clients_server
+from tests.support.official_clients import strip_volatile
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -3,7 +3,7 @@
 `ObjectDetectionModel(key, "ws/proj/1", local="http://HOST:PORT/")` and the Instance-,
 Classification- and KeypointDetection- equivalents take `local=`; SemanticSegmentationModel
 has no `local=` and reads the env var SEMANTIC_SEGMENTATION_URL at predict time. None of
-the constructors calls the cloud (tests/client_driver.py refuses and records any
+the constructors calls the cloud (tests/support/client_driver.py refuses and records any
 non-loopback connection). What they send:
 - ObjectDetectionModel: `POST {local}{proj}/{ver}?api_key&name&overlap&confidence&stroke&
   labels&format[&classes]`, body the PNG as base64, form-urlencoded.
@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.engines import ENGINES, clients_server
-from tests.official_clients import (
+from tests.support.engines import ENGINES, clients_server
+from tests.support.official_clients import (
     IMAGE_SIZE,
     clients_python,
     run_driver,

@@ -6,8 +6,8 @@ v0 mode (`select_api_v0()`): POST /{dataset}/{version}?api_key=..&confidence=..&
 with the raw base64 image as the body under `Content-Type: application/json`.
 Every answer must equal the hosted route's for the same image and thresholds.
 
-The SDK runs in its own venv (see tests/official_clients.py), through
-tests/client_driver.py, all jobs in one process to keep this fast.
+The SDK runs in its own venv (see tests/support/official_clients.py), through
+tests/support/client_driver.py, all jobs in one process to keep this fast.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.engines import ENGINES, clients_server
-from tests.official_clients import (
+from tests.support.engines import ENGINES, clients_server
+from tests.support.official_clients import (
     IMAGE_SIZE,
     clients_python,
     run_driver,

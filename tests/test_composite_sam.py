@@ -14,8 +14,8 @@ from cvserve.models.manifest import Manifest
 from cvserve.models.runtime import RuntimeOptions
 from cvserve.models.sam import SamModel
 from cvserve.models.store import ModelStore
-from tests.synthetic_sam import write_sam_model
-from tests.synthetic_store import DET_CLASSES, _det_model, sample_image
+from tests.support.synthetic_sam import write_sam_model
+from tests.support.synthetic_store import DET_CLASSES, _det_model, sample_image
 
 SEG_ID = "seg-sam/1"
 
@@ -94,7 +94,7 @@ def _seg(sam: SamModel, emb, box: np.ndarray) -> tuple[np.ndarray, np.ndarray]: 
 def test_real_coco_segment_masks_equal_one_segment_per_box() -> None:
     from cvserve.zoo.packages import PackageCache
     from cvserve.zoo.photos import photo
-    from tests.zoo_cache import cache_root, zoo_store
+    from tests.support.zoo_cache import cache_root, zoo_store
 
     zoo = zoo_store("coco-detect", "mobilesam", "coco-segment")  # found, or pulled once
     store = ModelStore(zoo, RuntimeOptions(lanes=2, threads_per_lane=1, wide_threads=2))

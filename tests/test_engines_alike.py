@@ -1,6 +1,6 @@
 """The same product on both engines: each API test here runs against `cvserve serve` (a
 LocalEngine) and `cvserve serve --ray` on a real two-node Ray cluster (a RayEngine whose
-model replicas hold the models), with the same settings (tests/engines.py).
+model replicas hold the models), with the same settings (tests/support/engines.py).
 
 What a door asks of the engine contract: the model routes (/model/add, remove, clear,
 registry, /models), the model budget, /readiness, /metrics (the models-loaded gauge and the
@@ -21,12 +21,12 @@ import httpx
 import pytest
 
 import cvserve
-from tests.answers import strip
-from tests.engines import BUDGET, ENGINES, KEY, PRELOAD, Served, engine_env, served_by
-from tests.live_server import serve_subprocess, stop
-from tests.postgres_server import PostgresServer
-from tests.synthetic import jpeg_bytes, png_bytes, rect_image
-from tests.synthetic_sam import MODEL_ID as SAM_ID
+from tests.support.answers import strip
+from tests.support.engines import BUDGET, ENGINES, KEY, PRELOAD, Served, engine_env, served_by
+from tests.support.live_server import serve_subprocess, stop
+from tests.support.postgres_server import PostgresServer
+from tests.support.synthetic import jpeg_bytes, png_bytes, rect_image
+from tests.support.synthetic_sam import MODEL_ID as SAM_ID
 
 pytestmark = pytest.mark.timeout(600)
 

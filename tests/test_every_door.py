@@ -31,12 +31,12 @@ from cvserve.models.store import ModelStore
 from cvserve.params import parse_hosted
 from cvserve.predict import LocalBackend, PredictOptions
 from cvserve.settings import Settings
-from tests import answers
 from tests.conftest import add_model
-from tests.live_server import LiveServer
-from tests.synthetic import jpeg_bytes, rect_finder_model, rect_image, ultralytics_meta
-from tests.synthetic_sam import MODEL_ID as SAM_ID
-from tests.synthetic_sam import write_sam_model
+from tests.support import answers
+from tests.support.live_server import LiveServer
+from tests.support.synthetic import jpeg_bytes, rect_finder_model, rect_image, ultralytics_meta
+from tests.support.synthetic_sam import MODEL_ID as SAM_ID
+from tests.support.synthetic_sam import write_sam_model
 
 VOLATILE = answers.PER_ANSWER | {"visualization"}
 PHOTO = jpeg_bytes(rect_image(1920, 1080, (400, 300, 1400, 900)), quality=95)

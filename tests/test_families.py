@@ -16,7 +16,7 @@ from cvserve.models.manifest import Manifest
 from cvserve.models.runtime import RuntimeOptions
 from cvserve.models.yolo import YoloOptions
 from tests.conftest import add_model, make_store
-from tests.synthetic import rect_finder_model, ultralytics_meta
+from tests.support.synthetic import rect_finder_model, ultralytics_meta
 
 QUANTIZE = {
     "yolo": "tensor",

@@ -17,7 +17,13 @@ from PIL import Image
 import cvserve.models.preprocess as pre
 from cvserve.engine import fastpath
 from tests.conftest import add_model, hosted
-from tests.synthetic import jpeg_bytes, png_bytes, rect_finder_model, rect_image, ultralytics_meta
+from tests.support.synthetic import (
+    jpeg_bytes,
+    png_bytes,
+    rect_finder_model,
+    rect_image,
+    ultralytics_meta,
+)
 
 
 def _mean_classifier(path, size: int = 224):

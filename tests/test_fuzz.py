@@ -23,7 +23,14 @@ from cvserve.images import decode_base64, decode_image, sniff
 from cvserve.models.runtime import RuntimeOptions
 from cvserve.models.store import ModelStore
 from cvserve.settings import Settings
-from tests.hostile_support import CLS_ID, DET_ID, add_classifier, add_detector, encode, png_bomb
+from tests.support.hostile_support import (
+    CLS_ID,
+    DET_ID,
+    add_classifier,
+    add_detector,
+    encode,
+    png_bomb,
+)
 
 FUZZ = settings(
     max_examples=150,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import add_model, hosted
-from tests.synthetic import constant_model, jpeg_bytes, peer_layout, ultralytics_meta
+from tests.support.synthetic import constant_model, jpeg_bytes, peer_layout, ultralytics_meta
 
 IMG = jpeg_bytes(np.full((113, 210, 3), 90, np.uint8))
 

@@ -15,7 +15,7 @@ import pytest
 
 from cvserve.models.base import InferParams
 from tests.conftest import add_model, hosted
-from tests.synthetic import (
+from tests.support.synthetic import (
     constant_model,
     letterbox_gains,
     letterbox_reference,

@@ -7,7 +7,7 @@ import pytest
 
 from cvserve.keypoint_sets import COCO_KEYPOINTS
 from tests.conftest import add_model, hosted
-from tests.synthetic import (
+from tests.support.synthetic import (
     constant_model,
     letterbox_reference,
     peer_layout,

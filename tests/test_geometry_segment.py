@@ -14,7 +14,7 @@ from pycocotools import mask as coco_mask
 
 from cvserve.models.base import InferParams
 from tests.conftest import add_model, hosted
-from tests.synthetic import (
+from tests.support.synthetic import (
     constant_model,
     disc_proto,
     letterbox_reference,

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import add_model, hosted
-from tests.synthetic import constant_model, letterbox_reference, peer_layout, png_bytes
+from tests.support.synthetic import constant_model, letterbox_reference, peer_layout, png_bytes
 
 
 def _decode_mask(b64: str) -> np.ndarray:

@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import add_model, build_client, make_store
-from tests.synthetic import constant_model, png_bytes, ultralytics_meta, yolo_head
+from tests.support.synthetic import constant_model, png_bytes, ultralytics_meta, yolo_head
 
 UNAUTHORIZED = {"Message": "User is not authorized to access this resource"}
 PNG = png_bytes(np.zeros((48, 64, 3), np.uint8))

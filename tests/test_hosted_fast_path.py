@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from cvserve.http import hosted
 from tests.conftest import add_model, build_client, make_store
-from tests.synthetic import constant_model, png_bytes, ultralytics_meta, yolo_head
+from tests.support.synthetic import constant_model, png_bytes, ultralytics_meta, yolo_head
 
 B64 = base64.b64encode(png_bytes(np.zeros((48, 64, 3), np.uint8)))
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}

@@ -19,7 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import add_model, build_client, make_store
-from tests.synthetic import (
+from tests.support.synthetic import (
     jpeg_bytes,
     png_bytes,
     rect_finder_model,

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from cvserve.render.annotate import color
 from tests.conftest import add_model, build_client, make_store
-from tests.synthetic import (
+from tests.support.synthetic import (
     constant_model,
     disc_proto,
     jpeg_bytes,

@@ -26,7 +26,7 @@ from cvserve.images import decode_image
 from cvserve.models.runtime import RuntimeOptions
 from cvserve.models.store import ModelStore
 from cvserve.settings import Settings
-from tests.hostile_support import (
+from tests.support.hostile_support import (
     CLS_ID,
     DET_ID,
     LiveServer,

@@ -15,7 +15,7 @@ from cvserve.errors import BadRequest
 from cvserve.models.base import InferParams, Task
 from cvserve.models.store import ModelStore
 from tests.conftest import add_model
-from tests.synthetic import (
+from tests.support.synthetic import (
     constant_model,
     letterbox_reference,
     peer_layout,

@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 from cvserve.jobs.stores import Storage, open_storage
 from cvserve.models.store import ModelStore
 from cvserve.settings import Settings
-from tests.live_server import LiveServer
+from tests.support.live_server import LiveServer
 
 P = "/api/v1/projects/acme"
 SEGMENT = f"{P}/context/vision/segment"

@@ -1,6 +1,6 @@
 """One test suite, both storage backends: the SQLite queue + folder, and PostgreSQL.
 
-Each test runs against `sqlite` and `postgres` (a real server, tests/postgres_server.py):
+Each test runs against `sqlite` and `postgres` (a real server, tests/support/postgres_server.py):
 submit/claim/complete/fail, lease expiry -> another claim takes the job with attempt + 1
 and the stale attempt's writes are refused, forward-only status, counts, recover, release,
 concurrent claimers, and files create/write/read/find/duplicate externalId. PostgreSQL
@@ -29,7 +29,7 @@ from cvserve.jobs.queue import Job, JobStatus
 from cvserve.jobs.stores import FilesStore, QueueStore, Storage, open_storage
 from cvserve.jobs.workers import Outcome, WorkerPool
 from cvserve.settings import Settings
-from tests.postgres_server import PostgresServer
+from tests.support.postgres_server import PostgresServer
 
 PAYLOAD = {"items": [{"fileId": 1}], "points": [{"x": 0.5, "y": 0.5, "label": 1}]}
 

@@ -26,7 +26,7 @@ import pytest
 from cvserve.jobs.db import DB_NAME, Database
 from cvserve.jobs.queue import JobQueue, JobStatus, new_owner
 from cvserve.jobs.workers import Outcome, WorkerPool
-from tests.synthetic_sam import MODEL_ID, expected_mask, write_sam_model
+from tests.support.synthetic_sam import MODEL_ID, expected_mask, write_sam_model
 
 PAYLOAD = {"items": [{"fileId": 1}], "points": []}
 

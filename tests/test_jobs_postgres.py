@@ -24,9 +24,9 @@ from fastapi.testclient import TestClient
 
 from cvserve.models.runtime import RuntimeOptions
 from cvserve.models.store import ModelStore
-from tests.live_server import serve_subprocess, stop
-from tests.postgres_server import PostgresServer
-from tests.synthetic_sam import MODEL_ID, expected_mask, write_sam_model
+from tests.support.live_server import serve_subprocess, stop
+from tests.support.postgres_server import PostgresServer
+from tests.support.synthetic_sam import MODEL_ID, expected_mask, write_sam_model
 from tests.test_segment_jobs import (  # the same API tests, collected here against PostgreSQL
     BETA,
     ORDER,

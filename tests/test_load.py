@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.hostile_support import (
+from tests.support.hostile_support import (
     CLS_ID,
     DET_ID,
     LiveServer,

@@ -21,7 +21,7 @@ from cvserve.models.base import InferParams
 from cvserve.models.importers import import_model
 from cvserve.models.runtime import RuntimeOptions
 from cvserve.models.store import LOAD_RECORD, LoadRecord, ModelStore
-from tests.hostile_support import CLS_ID, DET_ID, SIDE, add_classifier, add_detector
+from tests.support.hostile_support import CLS_ID, DET_ID, SIDE, add_classifier, add_detector
 
 BIG_ID = "big/1"
 

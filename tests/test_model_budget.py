@@ -13,8 +13,8 @@ from cvserve.engine.admission import Admission
 from cvserve.engine.residency import Budget, Residency, plan_evictions
 from cvserve.errors import Overloaded
 from cvserve.models.store import ModelStore
-from tests.budget_support import add_weighty_classifier
 from tests.conftest import make_store
+from tests.support.budget_support import add_weighty_classifier
 
 MB = 2**20
 

@@ -23,10 +23,10 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.budget_support import add_slow_loading_classifier, add_weighty_classifier
 from tests.conftest import build_client, make_store
-from tests.hostile_support import encode, rss_kb
-from tests.live_server import serve_subprocess, stop
+from tests.support.budget_support import add_slow_loading_classifier, add_weighty_classifier
+from tests.support.hostile_support import encode, rss_kb
+from tests.support.live_server import serve_subprocess, stop
 
 MODELS = [f"m{i}/1" for i in range(12)]
 PIN = "pin/1"

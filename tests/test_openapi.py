@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import add_model
-from tests.synthetic import rect_finder_model, ultralytics_meta
+from tests.support.synthetic import rect_finder_model, ultralytics_meta
 
 HOSTED_PARAMETERS = {
     "confidence",

@@ -16,8 +16,8 @@ from cvserve.cli import app
 from cvserve.models.base import Task
 from cvserve.models.manifest import MANIFEST_NAME, Manifest
 from cvserve.models.store import ModelStore
-from tests.hostile_support import DET_ID, add_detector, encode
-from tests.live_server import serve_subprocess, stop
+from tests.support.hostile_support import DET_ID, add_detector, encode
+from tests.support.live_server import serve_subprocess, stop
 
 DET_LICENCE = "Apache-2.0 (TensorFlow detection model zoo); package metadata: unknown"
 SAM_LICENCE = "Apache-2.0"

@@ -18,7 +18,7 @@ from cvserve.models.store import ModelStore
 from cvserve.params import PARAM, PARAMS, parse_hosted, parse_infer
 from cvserve.tasks import Task
 from tests.conftest import add_model, build_client, make_store
-from tests.synthetic import rect_finder_model, ultralytics_meta
+from tests.support.synthetic import rect_finder_model, ultralytics_meta
 
 # (parameter, the value as a query string, the same value as a JSON field)
 MALFORMED: list[tuple[str, str, Any]] = [

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from cvserve.cli import app
 from cvserve.predict import find_images, read_jsonl
-from tests.live_server import LiveServer
-from tests.synthetic_store import DET_BOXES, SEG_BOX, build_store, sample_image
+from tests.support.live_server import LiveServer
+from tests.support.synthetic_store import DET_BOXES, SEG_BOX, build_store, sample_image
 
 KEY = "predict-key"
 runner = CliRunner()

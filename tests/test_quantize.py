@@ -516,7 +516,7 @@ def test_below_floor() -> None:
 
 def test_cli_refuses_and_forces(tmp_path: Path) -> None:
     from cvserve.cli import app
-    from tests.synthetic import png_bytes
+    from tests.support.synthetic import png_bytes
 
     _seg_store(tmp_path / "models", spread=500.0)
     photos = tmp_path / "photos"

@@ -20,8 +20,8 @@ from tests.conftest import (
     add_model,  # noqa: E402
     make_store,  # noqa: E402
 )
-from tests.live_server import serve_subprocess, stop  # noqa: E402
-from tests.synthetic import jpeg_bytes, rect_finder_model, rect_image, ultralytics_meta  # noqa: E402
+from tests.support.live_server import serve_subprocess, stop  # noqa: E402
+from tests.support.synthetic import jpeg_bytes, rect_finder_model, rect_image, ultralytics_meta  # noqa: E402
 
 PHOTO = jpeg_bytes(rect_image(640, 480, (100, 100, 300, 200)), quality=95)
 

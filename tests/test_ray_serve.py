@@ -1,4 +1,4 @@
-"""cvserve on Ray Serve, on the session's real two-node local Ray cluster (tests/engines.py):
+"""cvserve on Ray Serve, on the session's real two-node local Ray cluster (tests/support/engines.py):
 `cvserve serve --ray ADDRESS` joins it and answers like `cvserve serve` (the hosted route in
 its body forms and formats, /infer for the official SDK, the SDK, the jobs API, keys and
 errors); a model replica killed under load means only 200s and honest 503s, and the replica
@@ -23,12 +23,12 @@ import pytest
 ray = pytest.importorskip("ray", reason="Ray Serve is not installed: pip install 'cvserve[ray]'")
 
 import cvserve  # noqa: E402
-from tests.answers import strip  # noqa: E402
-from tests.engines import KEY, Served  # noqa: E402
-from tests.live_server import LiveServer  # noqa: E402
-from tests.postgres_server import PostgresServer  # noqa: E402
-from tests.synthetic import jpeg_bytes, png_bytes, rect_image  # noqa: E402
-from tests.synthetic_sam import MODEL_ID as SAM_ID  # noqa: E402
+from tests.support.answers import strip  # noqa: E402
+from tests.support.engines import KEY, Served  # noqa: E402
+from tests.support.live_server import LiveServer  # noqa: E402
+from tests.support.postgres_server import PostgresServer  # noqa: E402
+from tests.support.synthetic import jpeg_bytes, png_bytes, rect_image  # noqa: E402
+from tests.support.synthetic_sam import MODEL_ID as SAM_ID  # noqa: E402
 
 PHOTO = jpeg_bytes(rect_image(1280, 720, (300, 200, 900, 600)), quality=95)
 PROJECT = "/api/v1/projects/ray"
@@ -47,7 +47,7 @@ def database_url(ray_engine_server: Served) -> str:
 
 @pytest.fixture(scope="module")
 def ray_server(ray_engine_server: Served) -> str:
-    """The session's `cvserve serve --ray` on the two-node cluster (tests/engines.py)."""
+    """The session's `cvserve serve --ray` on the two-node cluster (tests/support/engines.py)."""
     return ray_engine_server.url
 
 

@@ -2,7 +2,7 @@
 line against a live `cvserve serve`, `cvserve predict`, and every Python snippet in the
 environment the README names for it: cvserve's own (`import cvserve`, httpx) or the official
 clients' venv (`inference_sdk`, `roboflow`: .cache/clients-venv from
-tests/clients-requirements.txt, as the README says to build it).
+tests/support/clients-requirements.txt, as the README says to build it).
 
 Synthetic models stand in for the zoo's under the README's ids (coco-detect/1, imagenet/1,
 mobilesam/1...), in a folder holding the photos the snippets name. Only the base URL is
@@ -30,10 +30,10 @@ import pytest
 
 from cvserve.models.importers import import_model
 from cvserve.models.store import ModelStore
-from tests.live_server import serve_subprocess, stop
-from tests.official_clients import clients_python
-from tests.synthetic_sam import write_sam_model
-from tests.synthetic_store import (
+from tests.support.live_server import serve_subprocess, stop
+from tests.support.official_clients import clients_python
+from tests.support.synthetic_sam import write_sam_model
+from tests.support.synthetic_store import (
     _cls_model,
     _det_model,
     _pose_model,
@@ -235,7 +235,9 @@ def test_python_example(block: Block, site: Site, tmp_path: Path) -> None:
     if CLIENT_IMPORTS.search(block.code):
         python = clients_python()
         if python is None:
-            pytest.skip("could not build .cache/clients-venv (tests/clients-requirements.txt)")
+            pytest.skip(
+                "could not build .cache/clients-venv (tests/support/clients-requirements.txt)"
+            )
         env = {k: v for k, v in site.env.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
         out = _run([str(python), str(script)], site, env)
     else:  # cvserve's own environment: the interpreter running these tests

@@ -17,7 +17,7 @@ from cvserve.client.results import PredictionResult
 from cvserve.render.annotate import Rect, annotate, color, detection_labels
 from cvserve.results import Detections, Prediction
 from tests.conftest import add_model, make_store
-from tests.synthetic import constant_model, png_bytes, ultralytics_meta, yolo_head
+from tests.support.synthetic import constant_model, png_bytes, ultralytics_meta, yolo_head
 
 W, H = 640, 480
 NAMES = ["bowl", "cup", "spoon", "table"]

@@ -30,7 +30,7 @@ from cvserve.models.manifest import Manifest
 from cvserve.models.runtime import RuntimeOptions
 from cvserve.models.store import ModelStore
 from cvserve.settings import Settings
-from tests.hostile_support import (
+from tests.support.hostile_support import (
     DET_ID,
     SLOW_ID,
     LiveServer,

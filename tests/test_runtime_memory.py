@@ -17,7 +17,7 @@ from cvserve.models.manifest import Manifest
 from cvserve.models.runtime import RuntimeOptions, SessionPool
 from cvserve.models.store import ModelStore
 from cvserve.results import Prediction
-from tests.synthetic import constant_model
+from tests.support.synthetic import constant_model
 
 
 def test_single_threaded_lanes_share_one_session(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 from threadpoolctl import threadpool_info
 
 from cvserve.models.runtime import RuntimeOptions, SessionPool
-from tests.synthetic import constant_model
+from tests.support.synthetic import constant_model
 
 
 def test_session_pool_limits_blas_to_one_thread(tmp_path):

@@ -26,7 +26,7 @@ from cvserve.models.sam import (
     resized_shape,
 )
 from cvserve.models.store import ModelStore
-from tests.synthetic_sam import MODEL_ID, expected_mask, write_sam_model
+from tests.support.synthetic_sam import MODEL_ID, expected_mask, write_sam_model
 
 RADIUS = 20.0
 
@@ -207,7 +207,7 @@ def test_real_mobilesam_point_on_the_cat_covers_the_cat() -> None:
 
     from cvserve.zoo.packages import PackageCache
     from cvserve.zoo.photos import photo
-    from tests.zoo_cache import cache_root, zoo_store
+    from tests.support.zoo_cache import cache_root, zoo_store
 
     zoo = zoo_store("mobilesam")  # found, or pulled once into the test cache
     # Chelsea, from the scikit-image wheel in the zoo's package cache (not installed here).

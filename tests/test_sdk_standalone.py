@@ -14,8 +14,8 @@ from pathlib import Path
 import cv2
 import pytest
 
-from tests.live_server import LiveServer
-from tests.synthetic_store import build_store, sample_image
+from tests.support.live_server import LiveServer
+from tests.support.synthetic_store import build_store, sample_image
 
 SDK_SESSION = r"""
 import json, os, sys

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from cvserve.models.runtime import RuntimeOptions
 from cvserve.models.store import ModelStore
-from tests.synthetic_sam import MODEL_ID, expected_mask, write_sam_model
+from tests.support.synthetic_sam import MODEL_ID, expected_mask, write_sam_model
 
 P = "/api/v1/projects/acme"
 BETA = {"cdf-version": "beta"}

@@ -2,7 +2,7 @@
 their replay, annotated frames, pacing, bad input, keys, limits, restart.
 
 A real server (uvicorn on a socket), real clips encoded with PyAV at run time, a real ONNX
-detector of two coloured squares (tests/streams_support.py), the real trackers library.
+detector of two coloured squares (tests/support/streams_support.py), the real trackers library.
 """
 
 from __future__ import annotations
@@ -22,16 +22,16 @@ pytest.importorskip("trackers", reason="the streams extra (trackers) is not inst
 
 from cvserve.models.importers import import_model  # noqa: E402
 from cvserve.models.store import ModelStore  # noqa: E402
-from tests.live_server import LiveServer  # noqa: E402
-from tests.streams_support import (  # noqa: E402
+from tests.support.live_server import LiveServer  # noqa: E402
+from tests.support.streams_support import (  # noqa: E402
     crossing_frames,
     sse_events,
     two_colour_finder,
     wait_for,
     write_clip,
 )
-from tests.synthetic import png_bytes  # noqa: E402
-from tests.synthetic_store import _cls_model  # noqa: E402
+from tests.support.synthetic import png_bytes  # noqa: E402
+from tests.support.synthetic_store import _cls_model  # noqa: E402
 
 FINAL = ("completed", "failed", "stopped")
 RIGHT_HALF = [[320, 0], [640, 0], [640, 480], [320, 480]]
@@ -421,7 +421,7 @@ def test_cli_predict_video_writes_annotated_video_jsonl_and_mot(env, tmp_path):
 
 @pytest.mark.parametrize("kind", ["seg", "pose"])
 def test_segmentation_and_keypoint_models_track_too(client, env, kind, tmp_path):
-    from tests.synthetic_store import _pose_model, _seg_model
+    from tests.support.synthetic_store import _pose_model, _seg_model
 
     model_id = f"{kind}-track/1"
     if not (env.models / model_id).exists():

@@ -1,4 +1,4 @@
-"""Live video streams from a real RTSP server (gst-rtsp-server, tests/rtsp_server.py):
+"""Live video streams from a real RTSP server (gst-rtsp-server, tests/support/rtsp_server.py):
 reconnect after the server goes away and comes back, a source that never answers fails in
 its bound, DELETE in every state, credentials never shown, and a bounded load test with
 photo traffic that leaves no reader thread behind."""
@@ -20,8 +20,8 @@ pytest.importorskip("trackers", reason="the streams extra (trackers) is not inst
 
 from cvserve.models.importers import import_model  # noqa: E402
 from cvserve.models.store import ModelStore  # noqa: E402
-from tests.live_server import LiveServer  # noqa: E402
-from tests.streams_support import (  # noqa: E402
+from tests.support.live_server import LiveServer  # noqa: E402
+from tests.support.streams_support import (  # noqa: E402
     RtspServer,
     crossing_frames,
     free_port,
@@ -30,7 +30,7 @@ from tests.streams_support import (  # noqa: E402
     wait_for,
     write_clip,
 )
-from tests.synthetic import png_bytes  # noqa: E402
+from tests.support.synthetic import png_bytes  # noqa: E402
 
 CONNECT_DEADLINE_S = 3.0
 

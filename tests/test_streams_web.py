@@ -17,8 +17,8 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright pac
 
 from cvserve.models.importers import import_model  # noqa: E402
 from cvserve.models.store import ModelStore  # noqa: E402
-from tests.live_server import LiveServer  # noqa: E402
-from tests.streams_support import crossing_frames, two_colour_finder, write_clip  # noqa: E402
+from tests.support.live_server import LiveServer  # noqa: E402
+from tests.support.streams_support import crossing_frames, two_colour_finder, write_clip  # noqa: E402
 
 CHROMIUM = next(
     (c for c in (os.environ.get("CVSERVE_TEST_CHROMIUM"), "/usr/bin/chromium",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.strict_skips import is_headline
+from tests.support.strict_skips import is_headline
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,7 @@ def _run(tmp_path: Path, ci: str | None) -> subprocess.CompletedProcess[str]:
         env["CI"] = ci
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "tests.strict_skips", "-p", "no:cacheprovider",
+        [sys.executable, "-m", "pytest", "-p", "tests.support.strict_skips", "-p", "no:cacheprovider",
          "-rs", "--continue-on-collection-errors", "-q", str(tmp_path)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip

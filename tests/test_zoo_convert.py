@@ -22,7 +22,7 @@ from cvserve.models.runtime import RuntimeOptions
 from cvserve.models.store import ModelStore
 from cvserve.zoo.packages import PackageCache
 from cvserve.zoo.photos import photo, photo_bytes
-from tests.zoo_cache import cache_root
+from tests.support.zoo_cache import cache_root
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 

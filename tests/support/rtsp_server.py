@@ -1,7 +1,7 @@
 """A real RTSP server for the streams tests: gst-rtsp-server (PyGObject), one H.264 file.
 
 Run with the system python3 (Debian's python3-gi, gir1.2-gst-rtsp-server-1.0,
-gstreamer1.0-rtsp): `/usr/bin/python3 tests/rtsp_server.py PORT FILE.mp4`. It serves the
+gstreamer1.0-rtsp): `/usr/bin/python3 tests/support/rtsp_server.py PORT FILE.mp4`. It serves the
 file at rtsp://127.0.0.1:PORT/clip, each client from the start at its native rate, and
 prints "ready" once it listens. Not a test module (no test_ prefix).
 """

@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from tests.synthetic import _save
+from tests.support.synthetic import _save
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 HERE = Path(__file__).parent
@@ -114,7 +114,7 @@ def two_colour_finder(path: Path, names: tuple[str, str], score: float = 0.9) ->
         helper.make_node("Concat", order, ["flat"], axis=0),
         helper.make_node("Reshape", ["flat", "out_shape"], ["output0"]),
     ]
-    from tests.synthetic import ultralytics_meta
+    from tests.support.synthetic import ultralytics_meta
 
     return _save(
         nodes,
@@ -153,7 +153,7 @@ def free_port() -> int:
 
 
 class RtspServer:
-    """tests/rtsp_server.py in a subprocess: rtsp://127.0.0.1:PORT/clip, stoppable and
+    """tests/support/rtsp_server.py in a subprocess: rtsp://127.0.0.1:PORT/clip, stoppable and
     restartable on the same port."""
 
     def __init__(self, clip: Path) -> None:

@@ -20,7 +20,7 @@ HEADLINE_FILES = (
     "test_web.py",
     "test_ultralytics_parity.py",
     "test_ray_*.py",
-    "test_job_stores.py",  # the PostgreSQL half needs a real server (tests/postgres_server.py)
+    "test_job_stores.py",  # the PostgreSQL half needs a real server (tests/support/postgres_server.py)
     "test_jobs_postgres.py",
     "test_backends.py",  # OpenVINO is in the test extra: auto, cancellation, equality
     "test_readme_examples.py",  # the official clients' snippets need .cache/clients-venv
@@ -28,7 +28,7 @@ HEADLINE_FILES = (
 )
 HEADLINE_TESTS = (
     "test_client.py::test_to_supervision",
-    # The real models (tests/zoo_cache.py finds or pulls them): skipped, they prove nothing.
+    # The real models (tests/support/zoo_cache.py finds or pulls them): skipped, they prove nothing.
     "test_sam_model.py::test_real_mobilesam_point_on_the_cat_covers_the_cat",
     "test_composite_sam.py::test_real_coco_segment_masks_equal_one_segment_per_box",
 )

@@ -7,13 +7,13 @@
 - `acquire_server()` / `release_server()` share one server process per pytest session
   between the test modules (refcounted): `cvserve serve --no-pull` on 127.0.0.1 with a
   free port, a temp store, one API key; ready once GET /healthz answers
-  (tests.live_server.serve_subprocess).
+  (tests.support.live_server.serve_subprocess).
 - `clients_python()` is the interpreter of a separate venv under `.cache/clients-venv`
-  holding `inference-sdk` and `roboflow` (tests/clients-requirements.txt). They cannot
+  holding `inference-sdk` and `roboflow` (tests/support/clients-requirements.txt). They cannot
   share the server's venv: inference-sdk pins numpy<2.4 and pillow<13 and both packages
   pull in opencv-python (non-headless, 4.x) beside the server's opencv-python-headless
   5.x -- two distributions writing the same `cv2` package -- plus scipy, matplotlib and
-  av (~770 MB in all). `run_driver(jobs)` runs tests/client_driver.py there.
+  av (~770 MB in all). `run_driver(jobs)` runs tests/support/client_driver.py there.
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from tests.live_server import serve_subprocess, stop
-from tests.synthetic import constant_model, ultralytics_meta, yolo_head
+from tests.support.live_server import serve_subprocess, stop
+from tests.support.synthetic import constant_model, ultralytics_meta, yolo_head
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CLIENTS_VENV = ROOT / ".cache" / "clients-venv"
 CLIENTS_REQUIREMENTS = Path(__file__).with_name("clients-requirements.txt")
 DRIVER = Path(__file__).with_name("client_driver.py")
@@ -298,7 +298,7 @@ def clients_python(create: bool = True) -> Path | None:
 
 
 def run_driver(python: Path, jobs: list[dict[str, Any]], env: dict[str, str] | None = None):
-    """Run tests/client_driver.py in the clients' venv; returns (results, blocked_hosts)."""
+    """Run tests/support/client_driver.py in the clients' venv; returns (results, blocked_hosts)."""
     full_env = dict(os.environ)
     for var in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME"):
         full_env.pop(var, None)

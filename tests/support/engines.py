@@ -7,7 +7,7 @@
 Both take the same settings: the same API keys, jobs and files in PostgreSQL (a database
 each), a model budget of `BUDGET` models per model process, and `PRELOAD` pinned.
 
-The store holds the official clients' models (tests/official_clients.py), `rect/1` (a
+The store holds the official clients' models (tests/support/official_clients.py), `rect/1` (a
 detector that finds painted rectangles) and two synthetic SAM models. The Ray cluster and
 its server live for the whole session; `conftest.py` runs the tests that use them last, so
 the rest of the suite never shares the two cores with an idle cluster.
@@ -22,19 +22,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.live_server import serve_subprocess, stop
-from tests.official_clients import API_KEY as CLIENTS_KEY
-from tests.official_clients import (
+from tests.support.live_server import serve_subprocess, stop
+from tests.support.official_clients import API_KEY as CLIENTS_KEY
+from tests.support.official_clients import (
     Server,
     acquire_server,
     build_client_store,
     release_server,
     write_test_images,
 )
-from tests.postgres_server import PostgresServer
-from tests.synthetic import rect_finder_model, ultralytics_meta
-from tests.synthetic_sam import MODEL_ID as SAM_ID
-from tests.synthetic_sam import write_sam_model
+from tests.support.postgres_server import PostgresServer
+from tests.support.synthetic import rect_finder_model, ultralytics_meta
+from tests.support.synthetic_sam import MODEL_ID as SAM_ID
+from tests.support.synthetic_sam import write_sam_model
 
 KEY = "ray-test-key"
 BUDGET = 3  # models per model process (the server, or each Ray model replica)
@@ -143,7 +143,7 @@ def served_by(request: pytest.FixtureRequest, engine: str) -> Served:
 
 @pytest.fixture(scope="session")
 def local_clients_server() -> Iterator[Server]:
-    """The official clients' own `cvserve serve` (tests/official_clients.py)."""
+    """The official clients' own `cvserve serve` (tests/support/official_clients.py)."""
     server = acquire_server()
     try:
         yield server
