@@ -70,7 +70,7 @@ class StreamManager:
         """Stop every reader, leaving the streams' rows as they were (resumed at start)."""
         self._closing = True
         for run in list(self._runs.values()):
-            await run.stop()
+            run.halt()
         if self._store is not None:
             self._store.close()
 
