@@ -466,3 +466,14 @@ def test_a_file_cut_short_ends_with_what_it_had(client, env, tmp_path):
     assert 0 < stats["frames_read"] < 40
     assert stats["frames_read"] == stats["frames_inferred"] + stats["frames_dropped"]
     assert client.post("/two/1", content=png_bytes(crossing_frames(4)[0])).status_code == 200
+
+
+def test_a_server_that_runs_no_streams_says_why(env):
+    """As on Ray Serve (each replica would resume every stream): 501 with the reason."""
+    from cvserve.streams.manager import RAY_STREAMS
+
+    server = env.server()
+    server.server.config.app.state.cvserve.streams.unavailable = RAY_STREAMS
+    with server, httpx.Client(base_url=server.url) as c:
+        r = c.post("/streams", json={"source": f"file://{env.crossing}", "model_id": "two/1"})
+        assert r.status_code == 501 and "cvserve serve" in r.json()["message"]

@@ -44,6 +44,14 @@ _FORBIDDEN_NAMES = {
     "instance-data.ec2.internal",
 }
 _FORBIDDEN_SUFFIXES = (".localhost", ".internal")
+
+
+def local_name(name: str) -> bool:
+    """Whether a host name points at the machine itself or a cloud metadata service."""
+    name = name.lower().rstrip(".")
+    return name in _FORBIDDEN_NAMES or name.endswith(_FORBIDDEN_SUFFIXES)
+
+
 _PRIVATE_V4 = tuple(ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
 _CGNAT = ip_network("100.64.0.0/10")
 _ULA = ip_network("fc00::/7")
@@ -55,7 +63,7 @@ _NUMERIC_LAST_LABEL = re.compile(r"0x[0-9a-f]*|[0-9]+")
 _BAD_URL_CHARS = re.compile(r"[\x00-\x20\x7f\\]")
 
 
-def _address_problem(ip: IPAddress) -> str | None:
+def address_problem(ip: IPAddress) -> str | None:
     """Why connecting to `ip` is refused ("a loopback address"), or None if it is public."""
     if ip in _METADATA_IPS:
         return "a cloud metadata address"
@@ -76,7 +84,7 @@ def _address_problem(ip: IPAddress) -> str | None:
             embedded = ("a Teredo", ip.teredo[1])
         kind, v4 = embedded
         if v4 is not None:
-            inner = _address_problem(v4)
+            inner = address_problem(v4)
             return f"{kind} address embedding {v4}, {inner}" if inner else None
     if ip.is_link_local:
         return "a link-local address"
@@ -98,7 +106,7 @@ def _address_problem(ip: IPAddress) -> str | None:
     return None
 
 
-class _AllowList:
+class AllowList:
     """settings.allow_url_hosts: hostnames (exact), IPs and CIDRs that skip the address check."""
 
     def __init__(self, entries: Iterable[str]) -> None:
@@ -180,7 +188,7 @@ def _parse(url: str, what: str) -> httpx.URL:
     return parsed
 
 
-async def _check_host(url: httpx.URL, allow: _AllowList, timeout: float, what: str) -> list[str]:
+async def _check_host(url: httpx.URL, allow: AllowList, timeout: float, what: str) -> list[str]:
     """Addresses the URL's host may be connected to; raises BadRequest if any is forbidden."""
     host = url.raw_host.decode("ascii").lower()
     port = url.port or (443 if url.scheme == "https" else 80)
@@ -197,11 +205,7 @@ async def _check_host(url: httpx.URL, allow: _AllowList, timeout: float, what: s
                 means = ""
             raise BadRequest(f"{what} refused: non-canonical IP address {host!r}{means}")
     trusted = allow.has_name(host)
-    if (
-        literal is None
-        and not trusted
-        and (name in _FORBIDDEN_NAMES or name.endswith(_FORBIDDEN_SUFFIXES))
-    ):
+    if literal is None and not trusted and local_name(name):
         raise BadRequest(f"{what} refused: {name} is a local or cloud metadata hostname")
 
     if literal is not None:
@@ -228,7 +232,7 @@ async def _check_host(url: httpx.URL, allow: _AllowList, timeout: float, what: s
 
     if not trusted:
         for ip in addrs:  # ANY bad address refuses: the attacker may control which one is used
-            problem = None if allow.has_ip(ip) else _address_problem(ip)
+            problem = None if allow.has_ip(ip) else address_problem(ip)
             if problem:
                 shown = name if literal is not None else f"{name} resolves to {ip}, which"
                 raise BadRequest(f"{what} refused: {shown} is {problem}")
@@ -236,7 +240,7 @@ async def _check_host(url: httpx.URL, allow: _AllowList, timeout: float, what: s
 
 
 async def _fetch(url: str, settings: Settings) -> bytes:
-    allow = _AllowList(settings.allow_url_hosts)
+    allow = AllowList(settings.allow_url_hosts)
     backend = _PinnedBackend()
     transport = httpx.AsyncHTTPTransport(trust_env=False, retries=0)
     # httpx has no public hook for the network backend; swap in a pool that uses ours.

@@ -158,7 +158,7 @@ async def _mjpeg(run: StreamRun) -> AsyncIterator[bytes]:
             sent = latest
             head = f"--{MJPEG_BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
             yield f"{head}Content-Length: {len(jpeg)}\r\n\r\n".encode() + jpeg + b"\r\n"
-        if run.final:
+        if run.final or run.events.closed:  # ended, or the server is stopping
             return
         waiter = run.new_frame
         try:

@@ -18,6 +18,7 @@ from cvserve.ray.directory import Directory
 from cvserve.ray.engine import RayEngine
 from cvserve.ray.replicas import JobReplica, ModelReplica, _Held
 from cvserve.settings import Settings
+from cvserve.streams.manager import RAY_STREAMS
 
 APP_NAME = "cvserve"
 # cvserve keeps its own access log (request ids, routes, status): Serve's own line per
@@ -42,6 +43,7 @@ class Ingress:
         replicas = max(self.settings.ray_model_replicas, self.settings.ray_max_replicas)
         engine = RayEngine(self.settings, catalogue, models, directory, replicas)
         self.state: AppState = build_state(self.settings, engine=engine)
+        self.state.streams.unavailable = RAY_STREAMS
         self.jobs = jobs  # held so the job replicas belong to this application
 
     def __serve_build_asgi_app__(self) -> Any:

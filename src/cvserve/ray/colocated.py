@@ -33,6 +33,7 @@ from cvserve.ray.engine import give_order, unload_everywhere
 from cvserve.ray.member import DirectoryMember
 from cvserve.ray.replicas import replica_settings, replica_store
 from cvserve.settings import Settings
+from cvserve.streams.manager import RAY_STREAMS
 
 T = TypeVar("T")
 
@@ -112,6 +113,7 @@ class ColocatedReplica:
         self.local = local = LocalEngine(self.settings, replica_store(self.settings))
         engine = ReplicaEngine(local, DirectoryMember(local, directory))
         self.state: AppState = build_state(self.settings, engine=engine)
+        self.state.streams.unavailable = RAY_STREAMS
         self.jobs = jobs  # held so the job replicas belong to this application
 
     def __serve_build_asgi_app__(self) -> Any:

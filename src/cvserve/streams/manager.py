@@ -21,6 +21,9 @@ log = logging.getLogger("cvserve.streams")
 # Ended streams kept in memory (events to replay, the last frame); older ones answer from
 # the store, without their events.
 KEEP_ENDED = 32
+RAY_STREAMS = (
+    "video streams run on `cvserve serve` (one process); on Ray Serve they are not available yet"
+)
 EXTRA_HINT = "install the streams extra: pip install 'cvserve[streams]'"
 
 
@@ -43,10 +46,14 @@ class StreamManager:
         self._runs: dict[str, StreamRun] = {}
         self._store: StreamStore | None = None
         self._closing = False
+        # Why this server runs no streams (Ray Serve's replicas: each would resume them all).
+        self.unavailable: str | None = None
 
     # -- server lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
         """Open the store and resume the streams a stopped server left running."""
+        if self.unavailable:
+            return
         self._store = await asyncio.to_thread(StreamStore, self.settings.data_dir / DB_NAME)
         if missing_packages():
             return  # nothing can run; the rows wait for a server with the extra
@@ -63,12 +70,14 @@ class StreamManager:
         """Stop every reader, leaving the streams' rows as they were (resumed at start)."""
         self._closing = True
         for run in list(self._runs.values()):
-            await run.stop()
+            run.halt()
         if self._store is not None:
             self._store.close()
 
     # -- the API's calls -----------------------------------------------------------------------
     async def create(self, request: StreamRequest) -> StreamRun:
+        if self.unavailable:
+            raise CVServeError(self.unavailable, status=501)
         missing = missing_packages(request)
         if missing:
             raise CVServeError(

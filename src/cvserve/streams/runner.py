@@ -176,6 +176,15 @@ class StreamRun:
             task.cancel()
         self._set_status("stopped", None)
 
+    def halt(self) -> None:
+        """The server is stopping: end the reader and the run, keep the status (a restarted
+        server resumes what was running); listeners are let go without a final status."""
+        self._reader.stop()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self.events.close()
+        self.new_frame.set()
+
     def _notify(self) -> None:  # from the reader thread
         self._loop.call_soon_threadsafe(self._wake.set)
 

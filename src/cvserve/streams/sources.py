@@ -20,7 +20,7 @@ from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 from cvserve.errors import BadRequest
 
 # The guard's own rules (one SSRF policy for images and streams).
-from cvserve.fetch import _FORBIDDEN_NAMES, _FORBIDDEN_SUFFIXES, _address_problem, _AllowList
+from cvserve.fetch import AllowList, address_problem, local_name
 from cvserve.settings import Settings
 
 NETWORK_SCHEMES = ("rtsp", "rtsps", "http", "https")
@@ -147,13 +147,13 @@ async def _network(raw: str, scheme: str, settings: Settings) -> Source:
     shown = redact(raw)
     if not host:
         raise BadRequest(f"source refused: {shown} has no host")
-    allow = _AllowList(settings.allow_stream_nets)
+    allow = AllowList(settings.allow_stream_nets)
     addrs = await _addresses(host, port or 554, settings.stream_open_timeout_s)
     if not allow.has_name(host):
-        if host in _FORBIDDEN_NAMES or host.endswith(_FORBIDDEN_SUFFIXES):
+        if local_name(host):
             raise BadRequest(f"source refused: {host} is a local or cloud metadata hostname")
         for ip in addrs:  # any forbidden address refuses: the resolver's pick is not ours
-            problem = None if allow.has_ip(ip) else _address_problem(ip)
+            problem = None if allow.has_ip(ip) else address_problem(ip)
             if problem:
                 raise BadRequest(
                     f"source refused: {host} is {problem} "
