@@ -154,7 +154,7 @@ def through_every_door(
     try:
         model = store.get(model_id)
         params, render = parse_hosted(QUERY, model.task)
-        answer = engine.infer_now(model, PHOTO, params, HostedEncoder(render))
+        answer = engine.infer_now(model_id, PHOTO, params, HostedEncoder(render))
         answers["engine (bench)"] = answer.body
     finally:
         engine.close()

@@ -201,10 +201,12 @@ class LocalEngine:
         )
 
     def infer_now(
-        self, model: Model, source: bytes | np.ndarray, params: InferParams, encoder: Encoder[T]
+        self, model_id: str, source: bytes | np.ndarray, params: InferParams, encoder: Encoder[T]
     ) -> T:
         """The same path on the caller's thread, for in-process callers with their own
-        concurrency (the predict CLI, the benchmark)."""
+        concurrency (`cvserve predict`): no admission, lanes or deadline. Loads the model
+        (within the budget) if it is not loaded."""
+        model = self.residency.load(model_id, wait_s=BUSY_WAIT_S)
         return pipeline.infer(model, source, params, self.settings, encoder)
 
     async def segment(

@@ -53,8 +53,10 @@ class LocalBackend(Backend):
     engine path the server answers with (decode policy, predict, hosted JSON)."""
 
     def __init__(self, opts: PredictOptions, lanes: int, settings: Settings | None = None) -> None:
+        import asyncio
+
         from cvserve.engine import LocalEngine
-        from cvserve.errors import CVServeError
+        from cvserve.errors import CVServeError, ModelNotFound
         from cvserve.models.store import ModelStore
         from cvserve.params import parse_hosted
 
@@ -62,25 +64,34 @@ class LocalBackend(Backend):
             settings = Settings.from_env().with_overrides(models_dir=opts.models_dir)
         self.settings = settings
         threads = max(1, settings.cores // max(1, lanes))
-        self.store = ModelStore(
+        # This process's own layout (its lanes, all cores each), then only the engine.
+        store = ModelStore(
             settings.store_dir,
             settings.runtime_options(lanes=lanes, threads_per_lane=threads, wide_threads=0),
         )
-        self.engine = LocalEngine(settings, self.store)
+        self.engine = LocalEngine(settings, store)
+        self.model_id = opts.model_id
         try:
-            if not self.store.exists(opts.model_id):
+            try:
+                info = self.engine.model_info(opts.model_id)
+            except ModelNotFound:
+                have = ", ".join(i.model_id for i in self.engine.models()) or "none"
                 raise PredictError(
                     f"model {opts.model_id} is not in the model store {settings.store_dir} "
-                    f"(have: {', '.join(self.store.ids()) or 'none'})"
-                )
-            self.model = self.store.get(opts.model_id)
-            self.params, self.render = parse_hosted(_query(opts), self.model.task)
+                    f"(have: {have})"
+                ) from None
+            self.params, self.render = parse_hosted(_query(opts), info.task)
+            if info.task.value == "promptable-segmentation":
+                raise PredictError(f"{opts.model_id} is a promptable (SAM) model: it needs prompts")
+            asyncio.run(self.engine.load(opts.model_id))  # a broken model fails here, once
         except CVServeError as e:
+            self.engine.close()
             raise PredictError(e.message) from e
-        self.task = self.model.task.value
-        self.class_names = list(self.model.class_names)
-        if self.task == "promptable-segmentation":
-            raise PredictError(f"{opts.model_id} is a promptable (SAM) model: it needs prompts")
+        except PredictError:
+            self.engine.close()
+            raise
+        self.task = info.task.value
+        self.class_names = list(info.class_names)
 
     def predict(self, path: Path, name: str) -> tuple[dict[str, Any], Callable[[Path], None]]:
         from dataclasses import replace
@@ -90,7 +101,7 @@ class LocalBackend(Backend):
 
         render = replace(self.render, format="json", image_name=name)
         encoder = HostedEncoder(render, keep_pixels=True)
-        rendered = self.engine.infer_now(self.model, path.read_bytes(), self.params, encoder)
+        rendered = self.engine.infer_now(self.model_id, path.read_bytes(), self.params, encoder)
         image, prediction = rendered.image, rendered.prediction
         assert image is not None and rendered.body is not None
 
@@ -105,8 +116,7 @@ class LocalBackend(Backend):
         return rendered.body, save
 
     def close(self) -> None:
-        self.engine.close()
-        self.store.close()
+        self.engine.close()  # and its store
 
 
 class RemoteBackend(Backend):

@@ -125,7 +125,7 @@ def _infer(
     from cvserve.streams.runner import StreamEncoder
 
     params, render = backend.params, backend.render
-    result = backend.engine.infer_now(backend.model, image, params, StreamEncoder(render))
+    result = backend.engine.infer_now(backend.model_id, image, params, StreamEncoder(render))
     prediction, body = result.prediction, result.body
     if tracker is not None and isinstance(prediction.result, Detections):
         order, _, ids = tracker.update(prediction.result)
