@@ -12,6 +12,7 @@ from cvserve.http.ratelimit import RateLimiter
 from cvserve.jobs.service import JobsService
 from cvserve.settings import Settings
 from cvserve.streams import StreamManager
+from cvserve.streams.api import StreamsAPI
 
 
 @dataclass
@@ -21,14 +22,16 @@ class AppState:
     engine: EngineAPI
     jobs: JobsService
     metrics: Metrics
-    streams: StreamManager
+    streams: StreamsAPI
     jobs_ready: threading.Event = field(default_factory=threading.Event)  # set by the lifespan
 
 
-def build_state(settings: Settings, engine: EngineAPI | None = None) -> AppState:
+def build_state(
+    settings: Settings, engine: EngineAPI | None = None, streams: StreamsAPI | None = None
+) -> AppState:
     """The one place the server's parts are built and wired together. `engine`: the
     engine under the doors (Ray Serve's, or a LocalEngine over a given store); default:
-    a LocalEngine over the settings' store."""
+    a LocalEngine over the settings' store. `streams`: default, this process runs them."""
     engine = engine or LocalEngine.from_settings(settings)
     jobs = JobsService(settings, engine)
     metrics = Metrics(engine, jobs)
@@ -38,5 +41,5 @@ def build_state(settings: Settings, engine: EngineAPI | None = None) -> AppState
         engine=engine,
         jobs=jobs,
         metrics=metrics,
-        streams=StreamManager(settings, engine),
+        streams=streams or StreamManager(settings, engine),
     )

@@ -6,23 +6,19 @@ hosted body), errors in the hosted `{"message"}` shape; events as Server-Sent Ev
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from cvserve.errors import BadRequest, CVServeError
-from cvserve.http.responses import dumps, json_response
+from cvserve.errors import BadRequest
+from cvserve.http.responses import json_response
 from cvserve.http.state import AppState
-from cvserve.streams.frames import annotated_frame
+from cvserve.streams.feeds import MJPEG_BOUNDARY
 from cvserve.streams.metrics import StreamsCollector
-from cvserve.streams.runner import StreamRun
 from cvserve.streams.spec import StreamRequest
-from cvserve.wire import sse
 
 _ERROR = {"content": {"application/json": {"example": {"message": "why"}}}}
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -50,7 +46,6 @@ _STREAM_EXAMPLE = {
     "counts": {"lines": {"door": {"in": {"person": 3}, "out": {}}}, "zones": {}},
 }  # fmt: skip
 _OBJECT = {"content": {"application/json": {"example": _STREAM_EXAMPLE}}}
-MJPEG_BOUNDARY = "cvserveframe"
 
 
 def build_router(state: AppState) -> APIRouter:
@@ -70,16 +65,15 @@ def build_router(state: AppState) -> APIRouter:
         responses={201: {"description": "The stream object"} | _OBJECT, **_ERRORS},
     )
     async def start_stream(body: StreamRequest) -> Response:
-        run = await manager.create(body)
-        return json_response(run.as_dict(), status=201)
+        return json_response(await manager.create(body), status=201)
 
     @router.get("/streams", summary="List streams", responses={**_ERRORS})
     async def list_streams() -> Response:
-        return json_response({"items": manager.list()})
+        return json_response({"items": await manager.objects()})
 
     @router.get("/streams/{stream_id}", summary="A stream", responses={200: _OBJECT, **_ERRORS})
     async def get_stream(stream_id: str) -> Response:
-        return json_response(manager.get(stream_id))
+        return json_response(await manager.get(stream_id))
 
     @router.delete(
         "/streams/{stream_id}",
@@ -100,7 +94,6 @@ def build_router(state: AppState) -> APIRouter:
         request: Request,
         from_: int | None = Query(None, alias="from", ge=0, description="Replay from frame N"),
     ) -> Response:
-        run = manager.run(stream_id)
         start = from_
         last = request.headers.get("last-event-id")
         if start is None and last:
@@ -109,7 +102,8 @@ def build_router(state: AppState) -> APIRouter:
             except ValueError:
                 raise BadRequest(f"Last-Event-ID must be a frame index, got {last!r}") from None
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return StreamingResponse(_sse(run, start), media_type="text/event-stream", headers=headers)
+        feed = await manager.events(stream_id, start)
+        return StreamingResponse(feed, media_type="text/event-stream", headers=headers)
 
     @router.get(
         "/streams/{stream_id}/frame.jpg",
@@ -118,10 +112,7 @@ def build_router(state: AppState) -> APIRouter:
         responses={200: {"content": {"image/jpeg": {}}}, **_ERRORS},
     )
     async def stream_frame(stream_id: str) -> Response:
-        run = manager.run(stream_id)
-        if run.latest is None:
-            raise CVServeError(f"stream {stream_id} has no inferred frame yet", status=404)
-        jpeg = await asyncio.to_thread(annotated_frame, run, run.latest)
+        jpeg = await manager.frame(stream_id)
         return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-cache"})
 
     @router.get(
@@ -131,37 +122,8 @@ def build_router(state: AppState) -> APIRouter:
         responses={200: {"content": {"multipart/x-mixed-replace": {}}}, **_ERRORS},
     )
     async def stream_mjpeg(stream_id: str) -> Response:
-        run = manager.run(stream_id)
         media = f"multipart/x-mixed-replace; boundary={MJPEG_BOUNDARY}"
-        return StreamingResponse(
-            _mjpeg(run), media_type=media, headers={"Cache-Control": "no-cache"}
-        )
+        feed = await manager.mjpeg(stream_id)
+        return StreamingResponse(feed, media_type=media, headers={"Cache-Control": "no-cache"})
 
     return router
-
-
-async def _sse(run: StreamRun, start: int | None) -> AsyncIterator[bytes]:
-    after = run.events.start_after(start)
-    if start is None and not run.events.closed:  # live: first where the stream stands
-        status = {k: v for k, v in run.as_dict().items() if k in ("id", "status", "error")}
-        yield sse.encode("status", dumps(status).decode())
-    async for event in run.events.follow(after):
-        yield sse.KEEPALIVE if event is None else event.sse()
-
-
-async def _mjpeg(run: StreamRun) -> AsyncIterator[bytes]:
-    sent = None
-    while True:
-        latest = run.latest
-        if latest is not None and latest is not sent:
-            jpeg = await asyncio.to_thread(annotated_frame, run, latest)
-            sent = latest
-            head = f"--{MJPEG_BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
-            yield f"{head}Content-Length: {len(jpeg)}\r\n\r\n".encode() + jpeg + b"\r\n"
-        if run.final or run.events.closed:  # ended, or the server is stopping
-            return
-        waiter = run.new_frame
-        try:
-            await asyncio.wait_for(waiter.wait(), 15.0)
-        except asyncio.TimeoutError:
-            continue

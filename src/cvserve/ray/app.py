@@ -18,7 +18,7 @@ from cvserve.ray.directory import Directory
 from cvserve.ray.engine import RayEngine
 from cvserve.ray.replicas import JobReplica, ModelReplica, _Held
 from cvserve.settings import Settings
-from cvserve.streams.manager import RAY_STREAMS
+from cvserve.streams.manager import no_streams
 
 APP_NAME = "cvserve"
 # cvserve keeps its own access log (request ids, routes, status): Serve's own line per
@@ -42,8 +42,7 @@ class Ingress:
         catalogue = ModelStore(self.settings.store_dir)
         replicas = max(self.settings.ray_model_replicas, self.settings.ray_max_replicas)
         engine = RayEngine(self.settings, catalogue, models, directory, replicas)
-        self.state: AppState = build_state(self.settings, engine=engine)
-        self.state.streams.unavailable = RAY_STREAMS
+        self.state: AppState = build_state(self.settings, engine, no_streams(self.settings, engine))
         self.jobs = jobs  # held so the job replicas belong to this application
 
     def __serve_build_asgi_app__(self) -> Any:

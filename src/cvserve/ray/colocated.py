@@ -33,7 +33,7 @@ from cvserve.ray.engine import give_order, unload_everywhere
 from cvserve.ray.member import DirectoryMember
 from cvserve.ray.replicas import replica_settings, replica_store
 from cvserve.settings import Settings
-from cvserve.streams.manager import RAY_STREAMS
+from cvserve.streams.manager import no_streams
 
 T = TypeVar("T")
 
@@ -112,8 +112,7 @@ class ColocatedReplica:
         self.settings = base.with_overrides(preload=Settings(**settings).preload)
         self.local = local = LocalEngine(self.settings, replica_store(self.settings))
         engine = ReplicaEngine(local, DirectoryMember(local, directory))
-        self.state: AppState = build_state(self.settings, engine=engine)
-        self.state.streams.unavailable = RAY_STREAMS
+        self.state: AppState = build_state(self.settings, engine, no_streams(self.settings, engine))
         self.jobs = jobs  # held so the job replicas belong to this application
 
     def __serve_build_asgi_app__(self) -> Any:

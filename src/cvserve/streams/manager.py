@@ -7,10 +7,13 @@ import contextvars
 import importlib.util
 import logging
 import secrets
-from typing import Any
+from collections.abc import AsyncIterator
 
 from cvserve.errors import BadRequest, CVServeError, TooManyRequests
 from cvserve.settings import Settings
+from cvserve.streams.api import StreamObject
+from cvserve.streams.feeds import mjpeg_feed, sse_feed
+from cvserve.streams.frames import annotated_frame
 from cvserve.streams.reader import ReaderConfig, unsupported
 from cvserve.streams.runner import StreamEngine, StreamRun, now_ms
 from cvserve.streams.sources import Source, check_source
@@ -75,7 +78,11 @@ class StreamManager:
             self._store.close()
 
     # -- the API's calls -----------------------------------------------------------------------
-    async def create(self, request: StreamRequest) -> StreamRun:
+    async def create(self, request: StreamRequest) -> StreamObject:
+        return (await self.launch(request)).as_dict()
+
+    async def launch(self, request: StreamRequest) -> StreamRun:
+        """A new stream, checked and started: its run."""
         if self.unavailable:
             raise CVServeError(self.unavailable, status=501)
         missing = missing_packages(request)
@@ -144,7 +151,10 @@ class StreamManager:
         """The streams held in memory (running, and the recently ended)."""
         return list(self._runs.values())
 
-    def get(self, stream_id: str) -> dict[str, Any]:
+    def held(self) -> list[StreamObject]:
+        return [run.as_dict() for run in self._runs.values()]
+
+    async def get(self, stream_id: str) -> StreamObject:
         run = self._runs.get(stream_id)
         if run is not None:
             return run.as_dict()
@@ -153,16 +163,16 @@ class StreamManager:
             raise StreamNotFound(f"stream {stream_id} not found")
         return obj
 
-    def list(self) -> list[dict[str, Any]]:
+    async def objects(self) -> list[StreamObject]:
         saved = self._store.objects() if self._store is not None else []
         live = {sid: run.as_dict() for sid, run in self._runs.items()}
         items = [live.pop(obj["id"], obj) for obj in saved]
         return list(live.values()) + items
 
-    async def stop(self, stream_id: str) -> dict[str, Any]:
+    async def stop(self, stream_id: str) -> StreamObject:
         run = self._runs.get(stream_id)
         if run is None:  # a stream an earlier server run ended (or never resumed)
-            obj = self.get(stream_id)
+            obj = await self.get(stream_id)
             obj.update(status="stopped", updated=now_ms())
             if self._store is not None:
                 await asyncio.to_thread(self._store.save, obj, {})
@@ -170,9 +180,28 @@ class StreamManager:
         await run.stop()
         return run.as_dict()
 
+    async def events(self, stream_id: str, start: int | None) -> AsyncIterator[bytes]:
+        return sse_feed(self.run(stream_id), start)
+
+    async def frame(self, stream_id: str) -> bytes:
+        run = self.run(stream_id)
+        if run.latest is None:
+            raise CVServeError(f"stream {stream_id} has no inferred frame yet", status=404)
+        return await asyncio.to_thread(annotated_frame, run, run.latest)
+
+    async def mjpeg(self, stream_id: str) -> AsyncIterator[bytes]:
+        return mjpeg_feed(self.run(stream_id))
+
     def threads_alive(self) -> int:
         """Reader threads still running (a stopped stream's ends within its read timeout)."""
         return sum(1 for run in self._runs.values() if run.reader_alive)
+
+
+def no_streams(settings: Settings, engine: StreamEngine) -> StreamManager:
+    """A manager that runs no streams: POST /streams answers 501 with the reason."""
+    manager = StreamManager(settings, engine)
+    manager.unavailable = RAY_STREAMS
+    return manager
 
 
 def _probe(source: Source, timeout_s: float) -> None:

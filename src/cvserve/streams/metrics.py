@@ -14,18 +14,18 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from cvserve.streams.manager import StreamManager
+    from cvserve.streams.api import StreamsAPI
 
 STATUSES = ("starting", "running", "reconnecting", "completed", "failed", "stopped")
 
 
 class StreamsCollector(Collector):
-    def __init__(self, manager: StreamManager) -> None:
-        self.manager = manager
+    def __init__(self, streams: StreamsAPI) -> None:
+        self.streams = streams
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        runs = self.manager.runs()
-        by_status = Counter(run.status for run in runs)
+        held = self.streams.held()
+        by_status = Counter(obj["status"] for obj in held)
         streams = GaugeMetricFamily(
             "cvserve_streams", "Video streams this server holds, by status", labels=["status"]
         )
@@ -38,10 +38,9 @@ class StreamsCollector(Collector):
             labels=["model", "fate"],
         )
         totals: Counter[tuple[str, str]] = Counter()
-        for run in runs:
-            stats = run.as_dict()["stats"]
+        for obj in held:
             for fate in ("read", "inferred", "dropped"):
-                totals[(run.request.model_id, fate)] += stats[f"frames_{fate}"]
+                totals[(obj["model_id"], fate)] += obj["stats"][f"frames_{fate}"]
         for (model, fate), value in sorted(totals.items()):
             frames.add_metric([model, fate], value)
         yield frames
