@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     ray_max_replicas: int = 0
     ray_models_per_replica: int = 3
     ray_job_replicas: int = 1  # replicas running job workers (job_workers threads each)
+    # Ray actors that run the video streams (each calls the model replicas per frame); a
+    # stream whose worker stops renewing its lease (stream_lease_s) moves to another one.
+    ray_stream_workers: int = Field(default=2, ge=0)
     # colocated: proxy -> replicas that run the doors and the models (one hop, each replica
     # loads what it is asked for); split: proxy -> ingress -> model replicas multiplexed by
     # model id (two hops; each replica holds a share of many models). bench/ray_bench.py.
@@ -116,6 +119,7 @@ class Settings(BaseSettings):
     stream_connect_deadline_s: float = Field(default=60.0, gt=0)
     stream_retry_max_s: float = Field(default=30.0, gt=0)
     stream_event_buffer: int = Field(default=1000, ge=1000)
+    stream_lease_s: float = Field(default=6.0, ge=1.0)
 
     @field_validator(
         "api_keys", "allow_url_hosts", "preload", "stream_dirs", "allow_stream_nets", mode="before"

@@ -90,6 +90,19 @@ _SCHEMA = [
     """,
     # Images and the like do not compress: store them out of line without trying.
     "ALTER TABLE cvserve_files ALTER COLUMN content SET STORAGE EXTERNAL",
+    # Video streams (cvserve.streams.store): a row per stream, leased by its Ray worker.
+    """
+    CREATE TABLE IF NOT EXISTS cvserve_streams (
+        id TEXT PRIMARY KEY,
+        request TEXT NOT NULL,
+        status TEXT NOT NULL,
+        created BIGINT NOT NULL,
+        updated BIGINT NOT NULL,
+        object TEXT NOT NULL,
+        owner TEXT,
+        lease_until BIGINT
+    )
+    """,
 ]
 
 JOB_COLUMNS = (

@@ -8,6 +8,7 @@ import importlib.util
 import logging
 import secrets
 from collections.abc import AsyncIterator
+from typing import Any
 
 from cvserve.errors import BadRequest, CVServeError, TooManyRequests
 from cvserve.settings import Settings
@@ -18,7 +19,7 @@ from cvserve.streams.reader import ReaderConfig, unsupported
 from cvserve.streams.runner import StreamEngine, StreamRun, now_ms
 from cvserve.streams.sources import Source, check_source
 from cvserve.streams.spec import StreamRequest, check_request, hosted_params
-from cvserve.streams.store import DB_NAME, StreamStore
+from cvserve.streams.store import StreamStore, open_stream_store
 
 log = logging.getLogger("cvserve.streams")
 # Ended streams kept in memory (events to replay, the last frame); older ones answer from
@@ -43,35 +44,95 @@ def missing_packages(request: StreamRequest | None = None) -> list[str]:
 
 
 class StreamManager:
-    def __init__(self, settings: Settings, engine: StreamEngine) -> None:
+    """Runs streams in this process. `owner`: the name of the Ray stream worker this is; its
+    streams are leased in the shared store, and it takes up those whose lease ran out (a
+    worker that died). None: a plain server, which resumes all it left running."""
+
+    def __init__(self, settings: Settings, engine: StreamEngine, owner: str | None = None) -> None:
         self.settings = settings
         self.engine = engine
+        self.owner = owner
+        self._lease_ms = int(settings.stream_lease_s * 1000)
         self._runs: dict[str, StreamRun] = {}
         self._store: StreamStore | None = None
         self._closing = False
+        self._keeper: asyncio.Task[None] | None = None
         # Why this server runs no streams (Ray Serve's replicas: each would resume them all).
         self.unavailable: str | None = None
 
     # -- server lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
-        """Open the store and resume the streams a stopped server left running."""
+        """Open the store and resume the streams a stopped server left running (a worker:
+        keep its leases, and take up the streams of workers that stopped renewing theirs)."""
         if self.unavailable:
             return
-        self._store = await asyncio.to_thread(StreamStore, self.settings.data_dir / DB_NAME)
+        self._store = await asyncio.to_thread(open_stream_store, self.settings)
         if missing_packages():
             return  # nothing can run; the rows wait for a server with the extra
+        if self.owner is not None:
+            self._keeper = asyncio.get_running_loop().create_task(self._keep_leases())
+            return
         for obj, raw in await asyncio.to_thread(self._store.active):
+            await self._resume(obj, raw, None)
+
+    async def _resume(self, obj: StreamObject, raw: dict[str, Any], lost: str | None) -> None:
+        """Starts a stored stream again; `lost`: the worker that ran it (None: this server)."""
+        assert self._store is not None
+        resumes = int(obj.get("stats", {}).get("resumes", 0)) + 1
+        note = None
+        if lost is not None:
+            note = f"resumed on stream worker {self.owner}: {lost} stopped renewing its lease"
+        try:
+            request = StreamRequest.model_validate(raw)
+            await self._launch(request, obj["id"], obj["created"], resumes, note)
+            log.info(
+                "resumed stream %s (%s)%s", obj["id"], obj["source"], f": {note}" if note else ""
+            )
+        except CVServeError as exc:  # the policy or the model changed meanwhile
+            obj.update(status="failed", error=f"not resumed: {exc.message}", updated=now_ms())
+            await asyncio.to_thread(self._store.save, obj, raw)
+
+    async def _keep_leases(self) -> None:
+        """A Ray worker's leases: renewed a few times per lease; a stream this worker no
+        longer holds (stopped through the store, or taken up elsewhere) is halted here."""
+        assert self._store is not None and self.owner is not None
+        store, owner = self._store, self.owner
+        while not self._closing:
             try:
-                request = StreamRequest.model_validate(raw)
-                await self._launch(request, obj["id"], created=obj["created"])
-                log.info("resumed stream %s (%s)", obj["id"], obj["source"])
-            except CVServeError as exc:  # the policy or the model changed meanwhile
-                obj.update(status="failed", error=f"not resumed: {exc.message}")
-                self._store.save(obj, raw)
+                mine = [sid for sid, run in self._runs.items() if not run.final]
+                kept = await asyncio.to_thread(store.renew, owner, mine, self._lease_ms)
+                for sid in set(mine) - kept:
+                    log.warning("stream %s is no longer this worker's: halted", sid)
+                    self._runs.pop(sid).halt()
+                await self._adopt_orphans()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the database away for a moment: the next round retries
+                log.exception("stream worker %s could not keep its leases", owner)
+            await asyncio.sleep(self.settings.stream_lease_s / 3)
+
+    async def _adopt_orphans(self) -> None:
+        assert self._store is not None and self.owner is not None
+        for (obj, raw), lost in await asyncio.to_thread(self._store.orphans):
+            if self._active() >= self.settings.max_streams:
+                return
+            sid = obj["id"]
+            if sid in self._runs and not self._runs[sid].final:
+                continue
+            claimed = await asyncio.to_thread(
+                self._store.claim, sid, self.owner, self._lease_ms, expired_only=True
+            )
+            if claimed:
+                await self._resume(obj, raw, lost or "a stopped server")
+
+    def _active(self) -> int:
+        return sum(1 for run in self._runs.values() if not run.final)
 
     async def close(self) -> None:
         """Stop every reader, leaving the streams' rows as they were (resumed at start)."""
         self._closing = True
+        if self._keeper is not None:
+            self._keeper.cancel()
         for run in list(self._runs.values()):
             run.halt()
         if self._store is not None:
@@ -92,7 +153,7 @@ class StreamManager:
                 f"missing): {EXTRA_HINT}",
                 status=501,
             )
-        active = sum(1 for run in self._runs.values() if not run.final)
+        active = self._active()
         if active >= self.settings.max_streams:
             raise TooManyRequests(
                 f"this server runs at most {self.settings.max_streams} streams at once "
@@ -101,7 +162,12 @@ class StreamManager:
         return await self._launch(request, "s_" + secrets.token_hex(8))
 
     async def _launch(
-        self, request: StreamRequest, stream_id: str, created: int | None = None
+        self,
+        request: StreamRequest,
+        stream_id: str,
+        created: int | None = None,
+        resumes: int = 0,
+        note: str | None = None,
     ) -> StreamRun:
         info = self.engine.model_info(request.model_id)  # 404 for an unknown model
         check_request(request, info.task)
@@ -120,10 +186,15 @@ class StreamManager:
         run = StreamRun(
             stream_id, request, source, params, render, self.engine, config,
             settings.stream_event_buffer, self._changed, created,
+            worker=self.owner, resumes=resumes, note=note,
         )  # fmt: skip
         self._forget_old()
         self._runs[stream_id] = run
         self._changed(run)
+        if self.owner is not None and self._store is not None and not resumes:
+            await asyncio.to_thread(
+                self._store.claim, stream_id, self.owner, self._lease_ms, expired_only=False
+            )
         # A fresh context: the run outlives the request that started it (and its deadline).
         contextvars.Context().run(run.start)
         return run
@@ -158,13 +229,15 @@ class StreamManager:
         run = self._runs.get(stream_id)
         if run is not None:
             return run.as_dict()
-        obj = self._store.get(stream_id) if self._store is not None else None
+        store = self._store
+        obj = await asyncio.to_thread(store.get, stream_id) if store is not None else None
         if obj is None:
             raise StreamNotFound(f"stream {stream_id} not found")
         return obj
 
     async def objects(self) -> list[StreamObject]:
-        saved = self._store.objects() if self._store is not None else []
+        store = self._store
+        saved = await asyncio.to_thread(store.objects) if store is not None else []
         live = {sid: run.as_dict() for sid, run in self._runs.items()}
         items = [live.pop(obj["id"], obj) for obj in saved]
         return list(live.values()) + items

@@ -97,6 +97,10 @@ class StreamRun:
         event_capacity: int,
         on_change: Callable[[StreamRun], None],
         created: int | None = None,
+        *,
+        worker: str | None = None,
+        resumes: int = 0,
+        note: str | None = None,
     ) -> None:
         self.id = stream_id
         self.request = request
@@ -107,8 +111,11 @@ class StreamRun:
         self.on_change = on_change
         self.created = created or now_ms()
         self.updated = self.created
-        self.status = "starting"
-        self.error: str | None = None
+        self.worker = worker  # the Ray stream worker running it (None: this server)
+        self.resumes = resumes  # times taken up again (a restarted server, a lost worker)
+        # Taken up from a lost worker: `reconnecting`, saying so, until its first frame.
+        self.status = "reconnecting" if note else "starting"
+        self.error: str | None = note
         self.counters = Counters()
         self.inferred = 0
         self.skipped = 0  # frames taken but not inferred (model busy); the reader counts the rest
@@ -135,6 +142,7 @@ class StreamRun:
             "tracker": self.request.tracker,
             "realtime": self.request.realtime,
             "max_fps": self.request.max_fps,
+            "worker": self.worker,
             "status": self.status,
             "error": self.error,
             "created": self.created,
@@ -147,6 +155,7 @@ class StreamRun:
                 "fps_out": self.rate_out.per_second(),
                 "latency_ms": self.latency.summary(),
                 "reconnects": c.reconnects,
+                "resumes": self.resumes,
             },
             "counts": self.counting.counts(),
         }
