@@ -469,11 +469,11 @@ def test_a_file_cut_short_ends_with_what_it_had(client, env, tmp_path):
 
 
 def test_a_server_that_runs_no_streams_says_why(env):
-    """As on Ray Serve (each replica would resume every stream): 501 with the reason."""
-    from cvserve.streams.manager import RAY_STREAMS
+    """As a Ray deployment without stream workers: 501 with the reason."""
+    from cvserve.streams.manager import NO_STREAM_WORKERS
 
     server = env.server()
-    server.server.config.app.state.cvserve.streams.unavailable = RAY_STREAMS
+    server.server.config.app.state.cvserve.streams.unavailable = NO_STREAM_WORKERS
     with server, httpx.Client(base_url=server.url) as c:
         r = c.post("/streams", json={"source": f"file://{env.crossing}", "model_id": "two/1"})
         assert r.status_code == 501 and "cvserve serve" in r.json()["message"]

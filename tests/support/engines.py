@@ -40,6 +40,9 @@ KEY = "ray-test-key"
 BUDGET = 3  # models per model process (the server, or each Ray model replica)
 PRELOAD = "cls/1"
 RAY_MODEL_REPLICAS = 2
+RAY_STREAM_WORKERS = 2
+STREAM_MODEL = "two/1"
+STREAM_LEASE_S = 3  # how soon a lost stream worker's streams move (the Ray server's)
 ON_RAY = "on-ray"  # the id of a test's Ray variant (conftest.py orders those last)
 
 
@@ -63,10 +66,25 @@ def engine_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     store = ModelStore(root / "models")
     meta = ultralytics_meta("detect", ["rect"])
     import_model(rect_finder_model(root / "rect.onnx", metadata=meta), "rect/1", store)
-    store.close()
     write_sam_model(root / "models", SAM_ID, encoder_work=2)
     write_sam_model(root / "models", "slowsam/1", encoder_work=2, decoder_work=400)
+    write_stream_inputs(root, store)
+    store.close()
     return root / "models"
+
+
+def write_stream_inputs(root: Path, store: object) -> None:
+    """Streams on both engines: `two/1` (finds a red and a green square) and clips of
+    them crossing, in the servers' stream dir (tests/test_streams_engines.py)."""
+    from cvserve.models.importers import import_model
+    from tests.support.streams_support import crossing_frames, two_colour_finder, write_clip
+
+    two = two_colour_finder(root / "two.onnx", ("red", "green"))
+    import_model(two, STREAM_MODEL, store)  # type: ignore[arg-type]
+    videos = root / "videos"
+    videos.mkdir()
+    write_clip(videos / "crossing.mp4", crossing_frames(40))
+    write_clip(videos / "long.mp4", crossing_frames(300, 320, 240))
 
 
 def engine_env(store: Path, name: str, database_url: str) -> dict[str, str]:
@@ -78,6 +96,9 @@ def engine_env(store: Path, name: str, database_url: str) -> dict[str, str]:
         "CVSERVE_MAX_LOADED_MODELS": str(BUDGET),
         "CVSERVE_PRELOAD": PRELOAD,
         "CVSERVE_WORKERS": "1",
+        "CVSERVE_STREAM_DIRS": str(store.parent / "videos"),
+        "CVSERVE_STREAM_LEASE_S": str(STREAM_LEASE_S),
+        "CVSERVE_RAY_STREAM_WORKERS": str(RAY_STREAM_WORKERS),
     }
 
 

@@ -82,6 +82,11 @@ def serve(
         help="split: ingress -> model replicas by model id; colocated: each replica runs "
         "the doors and its models (one hop).",
     ),
+    stream_workers: int | None = setting_option(
+        "ray_stream_workers",
+        "--ray-stream-workers",
+        help="Ray actors running video streams (with --ray); a lost one's streams move.",
+    ),
     # -- job and file lifecycle --
     job_retention_hours: float | None = setting_option(
         "job_retention_hours",
@@ -162,6 +167,7 @@ def serve(
         ray_max_replicas=max_replicas,
         ray_models_per_replica=models_per_replica,
         ray_layout=ray_layout,
+        ray_stream_workers=stream_workers,
         job_retention_hours=job_retention_hours,
         file_retention_hours=file_retention_hours,
         min_free_disk_mb=min_free_disk_mb,

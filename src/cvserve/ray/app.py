@@ -17,8 +17,9 @@ from cvserve.ray.colocated import ColocatedReplica
 from cvserve.ray.directory import Directory
 from cvserve.ray.engine import RayEngine
 from cvserve.ray.replicas import JobReplica, ModelReplica, _Held
+from cvserve.ray.stream_workers import StreamSupervisor
+from cvserve.ray.streams import ray_streams
 from cvserve.settings import Settings
-from cvserve.streams.manager import no_streams
 
 APP_NAME = "cvserve"
 # cvserve keeps its own access log (request ids, routes, status): Serve's own line per
@@ -36,14 +37,18 @@ class Ingress:
         models: DeploymentHandle,
         directory: DeploymentHandle,
         jobs: DeploymentHandle | None,
+        streams: DeploymentHandle | None,
     ) -> None:
         # Job workers run in their own replicas; this one only submits and reads jobs.
         self.settings = Settings(**settings).with_overrides(job_workers=0)
         catalogue = ModelStore(self.settings.store_dir)
         replicas = max(self.settings.ray_model_replicas, self.settings.ray_max_replicas)
         engine = RayEngine(self.settings, catalogue, models, directory, replicas)
-        self.state: AppState = build_state(self.settings, engine, no_streams(self.settings, engine))
-        self.jobs = jobs  # held so the job replicas belong to this application
+        self.state: AppState = build_state(
+            self.settings, engine, ray_streams(self.settings, engine)
+        )
+        # Held so the job replicas and the stream workers' supervisor belong to this app.
+        self.jobs, self.streams = jobs, streams
 
     def __serve_build_asgi_app__(self) -> Any:
         return create_app(self.settings, self.state)
@@ -104,6 +109,15 @@ def build_app(settings: Settings) -> Application:
             ray_actor_options={"num_cpus": 0},
             health_check_period_s=5,
         )(JobReplica).bind(config)
+    streams = None
+    if settings.ray_stream_workers > 0:
+        streams = serve.deployment(
+            name="streams",
+            num_replicas=1,
+            ray_actor_options={"num_cpus": 0},
+            health_check_period_s=2,  # also how soon a restarted worker takes streams up
+            logging_config=SERVE_LOGGING,
+        )(StreamSupervisor).bind(config)
     if settings.ray_layout == "colocated":
         replicas = serve.deployment(
             name="cvserve",
@@ -115,14 +129,14 @@ def build_app(settings: Settings) -> Application:
             logging_config=SERVE_LOGGING,
             **_scaling(settings),
         )(serve.ingress()(ColocatedReplica))
-        return replicas.bind(config, directory, jobs)
+        return replicas.bind(config, directory, jobs, streams)
     ingress = serve.deployment(
         name="ingress",
         ray_actor_options={"num_cpus": 0},
         max_ongoing_requests=1000,  # the doors bound themselves (admission, 503)
         logging_config=SERVE_LOGGING,
     )(serve.ingress()(Ingress))
-    return ingress.bind(config, models, directory, jobs)
+    return ingress.bind(config, models, directory, jobs, streams)
 
 
 def app(args: dict[str, str]) -> Application:

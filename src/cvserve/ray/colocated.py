@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import numpy as np
+from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from cvserve.engine import (
@@ -25,6 +26,8 @@ from cvserve.engine import (
     Prompt,
     PromptResult,
     Readiness,
+    reset_deadline,
+    start_deadline,
 )
 from cvserve.http.app import create_app
 from cvserve.http.state import AppState, build_state
@@ -32,8 +35,8 @@ from cvserve.models.base import InferParams, ModelInfo
 from cvserve.ray.engine import give_order, unload_everywhere
 from cvserve.ray.member import DirectoryMember
 from cvserve.ray.replicas import replica_settings, replica_store
+from cvserve.ray.streams import ray_streams
 from cvserve.settings import Settings
-from cvserve.streams.manager import no_streams
 
 T = TypeVar("T")
 
@@ -105,18 +108,43 @@ class ColocatedReplica:
     """Serves the same routes as `cvserve serve`, its models in this process."""
 
     def __init__(
-        self, settings: dict[str, Any], directory: DeploymentHandle, jobs: DeploymentHandle | None
+        self,
+        settings: dict[str, Any],
+        directory: DeploymentHandle,
+        jobs: DeploymentHandle | None,
+        streams: DeploymentHandle | None,
     ) -> None:
         # Job workers run in their own replicas; this one only submits and reads jobs.
         base = replica_settings(Settings(**settings)).with_overrides(job_workers=0)
         self.settings = base.with_overrides(preload=Settings(**settings).preload)
         self.local = local = LocalEngine(self.settings, replica_store(self.settings))
         engine = ReplicaEngine(local, DirectoryMember(local, directory))
-        self.state: AppState = build_state(self.settings, engine, no_streams(self.settings, engine))
-        self.jobs = jobs  # held so the job replicas belong to this application
+        self.state: AppState = build_state(
+            self.settings, engine, ray_streams(self.settings, engine)
+        )
+        # Held so the job replicas and the stream workers' supervisor belong to this app.
+        self.jobs, self.streams = jobs, streams
+        self.engine = engine
 
     def __serve_build_asgi_app__(self) -> Any:
         return create_app(self.settings, self.state)
+
+    async def infer(
+        self,
+        source: bytes | np.ndarray,
+        params: InferParams,
+        encoder: Encoder[Any],
+        timeout_s: float,
+    ) -> Any:
+        """A frame of a video stream, from a stream worker over a handle (the model id is
+        the call's multiplexed model id, as on the split layout's model replicas)."""
+        token = start_deadline(timeout_s)
+        try:
+            return await self.engine.infer(
+                serve.get_multiplexed_model_id(), source, params, encoder
+            )
+        finally:
+            reset_deadline(token)
 
     def check_health(self) -> None:
         """Serve's health probe: the lanes must still take work."""

@@ -25,8 +25,9 @@ log = logging.getLogger("cvserve.streams")
 # Ended streams kept in memory (events to replay, the last frame); older ones answer from
 # the store, without their events.
 KEEP_ENDED = 32
-RAY_STREAMS = (
-    "video streams run on `cvserve serve` (one process); on Ray Serve they are not available yet"
+NO_STREAM_WORKERS = (
+    "this Ray deployment runs no stream workers (--ray-stream-workers 0); `cvserve serve` "
+    "runs streams, as does a Ray deployment with stream workers"
 )
 EXTRA_HINT = "install the streams extra: pip install 'cvserve[streams]'"
 
@@ -57,7 +58,7 @@ class StreamManager:
         self._store: StreamStore | None = None
         self._closing = False
         self._keeper: asyncio.Task[None] | None = None
-        # Why this server runs no streams (Ray Serve's replicas: each would resume them all).
+        # Why this server runs no streams (a Ray deployment without stream workers).
         self.unavailable: str | None = None
 
     # -- server lifecycle --------------------------------------------------------------------
@@ -212,6 +213,12 @@ class StreamManager:
         except Exception:  # a full disk must not take the stream down with it
             log.exception("could not save stream %s", run.id)
 
+    def held_run(self, stream_id: str) -> StreamRun | None:
+        return self._runs.get(stream_id)
+
+    def active_count(self) -> int:
+        return self._active()
+
     def run(self, stream_id: str) -> StreamRun:
         run = self._runs.get(stream_id)
         if run is None:
@@ -270,10 +277,10 @@ class StreamManager:
         return sum(1 for run in self._runs.values() if run.reader_alive)
 
 
-def no_streams(settings: Settings, engine: StreamEngine) -> StreamManager:
+def no_streams(settings: Settings, engine: StreamEngine, why: str) -> StreamManager:
     """A manager that runs no streams: POST /streams answers 501 with the reason."""
     manager = StreamManager(settings, engine)
-    manager.unavailable = RAY_STREAMS
+    manager.unavailable = why
     return manager
 
 
