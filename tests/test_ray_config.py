@@ -42,7 +42,7 @@ def test_config_file_is_a_valid_serve_config_for_the_builder(tmp_path: Path) -> 
     args.update(models_dir=str(tmp_path / "models"), data_dir=str(tmp_path / "data"))
     built = app(args)
     names = deployment_names(built)
-    assert names == {"ingress", "models", "directory", "jobs"}
+    assert names == {"ingress", "models", "directory", "jobs", "streams"}
     assert {d.name for d in application.deployments} <= names
 
 
@@ -56,13 +56,14 @@ def test_builder_sizes_the_model_replicas_from_settings(tmp_path: Path) -> None:
     fixed = app({**split, "ray_model_replicas": "2"})
     assert bound(fixed, 1)._bound_deployment.num_replicas == 2
     assert bound(fixed, 1)._bound_deployment._deployment_config.autoscaling_config is None
-    none = app({**split, "ray_job_replicas": "0"})
-    assert bound(none, 3) is None  # (settings, models, directory, jobs)
+    none = app({**split, "ray_job_replicas": "0", "ray_stream_workers": "0"})
+    assert bound(none, 3) is None  # (settings, models, directory, jobs, streams)
+    assert bound(none, 4) is None
 
 
 def test_the_default_layout_is_colocated_replicas_sized_from_settings(tmp_path: Path) -> None:
     built = app({"data_dir": str(tmp_path), "ray_replica_cpus": "2", "ray_model_replicas": "3"})
-    assert deployment_names(built) == {"cvserve", "directory", "jobs"}
+    assert deployment_names(built) == {"cvserve", "directory", "jobs", "streams"}
     replicas = built._bound_deployment
     assert replicas.ray_actor_options["num_cpus"] == 2 and replicas.num_replicas == 3
     assert bound(built, 0)["ray_layout"] == "colocated"
