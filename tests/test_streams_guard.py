@@ -267,3 +267,48 @@ def test_admitted_hls_and_mjpeg_stream_and_infer_through_the_guard(client, origi
         assert client.delete(f"/streams/{stream_id}").json()["status"] == "stopped"
     # The last guarded reader gone, the guard goes too (its reads were cut at the stop).
     wait_for(lambda: {"running": PROXY.running}, lambda o: not o["running"], 5)
+
+
+# -- what remains ---------------------------------------------------------------------------
+
+
+def rtsp_answerer(ip: str, seen: list[str], location: str | None) -> socket.socket:
+    """A listener that answers each RTSP request with 302 to `location` (or 404)."""
+    listener = socket.create_server((ip, 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                request = conn.recv(4096).decode("latin-1")
+                seen.append(request.split("\r\n", 1)[0])
+                cseq = next(
+                    (ln.split(":", 1)[1].strip() for ln in request.split("\r\n")
+                     if ln.lower().startswith("cseq:")), "1",
+                )  # fmt: skip
+                answer = f"302 Moved\r\nLocation: {location}" if location else "404 Not Found"
+                conn.sendall(f"RTSP/1.0 {answer}\r\nCSeq: {cseq}\r\n\r\n".encode())
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="FFmpeg follows an RTSP server's 3xx answer to OPTIONS/DESCRIBE to any host, with "
+    "its own lookup; rtsp:// is pinned and checked only for the URL it was given",
+)
+def test_an_rtsp_redirect_to_a_forbidden_host_is_not_followed():
+    seen: list[str] = []
+    with rtsp_answerer("127.0.0.2", seen, None) as forbidden:
+        target = f"rtsp://127.0.0.2:{forbidden.getsockname()[1]}/secret"
+        with rtsp_answerer("127.0.0.1", [], target) as camera:
+            settings = Settings(allow_stream_nets=ADMITTED)
+            url = f"rtsp://127.0.0.1:{camera.getsockname()[1]}/cam"
+            source = asyncio.run(check_source(url, settings))
+            with pytest.raises(av.FFmpegError):
+                av.open(source.url, options=dict(source.options), timeout=(3, 3))
+    assert seen == []
