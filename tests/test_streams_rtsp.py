@@ -25,6 +25,7 @@ from tests.support.streams_support import (  # noqa: E402
     RtspServer,
     crossing_frames,
     free_port,
+    hls_clip,
     rtsp_available,
     two_colour_finder,
     wait_for,
@@ -188,23 +189,6 @@ def test_load_streams_and_photos_then_no_reader_thread_is_left(world):
     while reader_threads() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert reader_threads() == [], reader_threads()
-
-
-def hls_clip(folder: Path) -> Path:
-    """An HLS playlist and its segments, written by PyAV (FFmpeg's hls muxer)."""
-    import av
-
-    folder.mkdir()
-    options = {"hls_time": "1", "hls_list_size": "0", "hls_playlist_type": "vod"}
-    with av.open(str(folder / "index.m3u8"), "w", format="hls", options=options) as out:
-        stream = out.add_stream("h264", rate=10)
-        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
-        for rgb in crossing_frames(30, 320, 240):
-            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return folder / "index.m3u8"
 
 
 def test_http_sources_hls_and_mjpeg(world, tmp_path):

@@ -171,8 +171,8 @@ def _ip_or_none(host: str) -> IPAddress | None:
         return None
 
 
-def _parse(url: str, what: str) -> httpx.URL:
-    """Strictly parse and sanity-check one hop's URL (no DNS yet)."""
+def parse_url(url: str, what: str) -> httpx.URL:
+    """Strictly parse and sanity-check one hop's URL (no DNS yet); BadRequest says why not."""
     if _BAD_URL_CHARS.search(url):
         raise BadRequest(f"{what} refused: URL contains whitespace, control or backslash chars")
     try:
@@ -188,8 +188,9 @@ def _parse(url: str, what: str) -> httpx.URL:
     return parsed
 
 
-async def _check_host(url: httpx.URL, allow: AllowList, timeout: float, what: str) -> list[str]:
-    """Addresses the URL's host may be connected to; raises BadRequest if any is forbidden."""
+async def check_host(url: httpx.URL, allow: AllowList, timeout: float, what: str) -> list[str]:
+    """Addresses the URL's host may be connected to; raises BadRequest if any is forbidden
+    (DeadlineExceeded if its lookup outlasts `timeout`). Callers connect only to these."""
     host = url.raw_host.decode("ascii").lower()
     port = url.port or (443 if url.scheme == "https" else 80)
     literal = _ip_or_none(host)
@@ -258,9 +259,9 @@ async def _fetch(url: str, settings: Settings) -> bytes:
         transport=transport, trust_env=False, follow_redirects=False, timeout=timeout
     ) as client:
         for hop in range(settings.fetch_max_redirects + 1):
-            parsed = _parse(url, what)
+            parsed = parse_url(url, what)
             host_key = parsed.raw_host.decode("ascii")
-            backend.pins[host_key] = await _check_host(
+            backend.pins[host_key] = await check_host(
                 parsed, allow, settings.fetch_connect_timeout_s, what
             )
             try:

@@ -63,6 +63,23 @@ def crossing_frames(n: int = 40, width: int = 640, height: int = 480) -> list[np
     return frames
 
 
+def hls_clip(folder: Path) -> Path:
+    """An HLS playlist and its segments, written by PyAV (FFmpeg's hls muxer)."""
+    import av
+
+    folder.mkdir()
+    options = {"hls_time": "1", "hls_list_size": "0", "hls_playlist_type": "vod"}
+    with av.open(str(folder / "index.m3u8"), "w", format="hls", options=options) as out:
+        stream = out.add_stream("h264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        for rgb in crossing_frames(30, 320, 240):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return folder / "index.m3u8"
+
+
 # -- a detector of two coloured objects ----------------------------------------------------
 
 

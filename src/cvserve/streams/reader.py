@@ -4,6 +4,8 @@ A live source (camera, network, a file read in real time) only ever offers its n
 frame: one the runner has not taken yet is replaced and counted dropped, never queued. A
 file read as fast as the model allows blocks the reader until the runner takes its frame.
 Every open and read has a timeout, so the thread never hangs; reconnects back off.
+An http(s) source is read through the stream guard (`cvserve.streams.proxy`): the reader
+holds a lease on it for its life, and a request the guard refused is the reason it gives.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from cvserve.streams.proxy import PROXY, Lease
 from cvserve.streams.sources import Source
 from cvserve.streams.stats import Rate
 
@@ -109,6 +112,7 @@ class Reader:
         self.slot = slot
         self.on_status = on_status
         self.stop_event = threading.Event()
+        self.lease: Lease | None = None  # the stream guard's, while reading an http(s) source
         self.fps: float | None = None  # the source's frame rate, once known
         self.thread = threading.Thread(target=self._run, name="cvserve-stream-reader", daemon=True)
 
@@ -118,9 +122,14 @@ class Reader:
     def stop(self) -> None:
         self.stop_event.set()
         self.slot.close()
+        lease = self.lease
+        if lease is not None:
+            lease.cut()  # FFmpeg's reads through the guard end now, not at their timeout
 
     def _run(self) -> None:
         try:
+            if self.source.guard is not None:
+                self.lease = PROXY.lease(self.source.guard)
             self._loop()
         except Exception as exc:  # a bug must end the stream visibly, not kill it silently
             # Scrubbed: an exception's text may carry the URL, credentials included.
@@ -128,6 +137,8 @@ class Reader:
                       self.source.scrub(traceback.format_exc()))  # fmt: skip
             self.on_status("failed", f"reader error: {self.source.scrub(str(exc))}")
         finally:
+            if self.lease is not None:
+                self.lease.release()
             self.slot.end()
 
     def _loop(self) -> None:
@@ -145,17 +156,22 @@ class Reader:
                 open_s = max(
                     0.1, min(open_s, config.connect_deadline_s - (time.monotonic() - began))
                 )
+            options = dict(source.options)
+            if self.lease is not None:
+                options["http_proxy"] = self.lease.url
+                self.lease.refusals.clear()
             try:
                 container = av.open(
                     source.url,
                     format=source.format,
-                    options=dict(source.options),
+                    options=options,
                     timeout=(open_s, config.read_timeout_s),
                 )
             except (av.FFmpegError, OSError, ValueError) as exc:
-                reason = f"cannot open {source.shown}: {source.scrub(_why(exc))}"
-                if not source.live:
-                    self.on_status("failed", reason)
+                refused = self._refused()
+                reason = f"cannot open {source.shown}: {refused or source.scrub(_why(exc))}"
+                if not source.live or (refused and not connected):
+                    self.on_status("failed", reason)  # the policy says no: retrying won't help
                     return
                 waited = time.monotonic() - began
                 if not connected and waited + backoff > config.connect_deadline_s:
@@ -213,7 +229,7 @@ class Reader:
                 if not self.slot.put(item):
                     return None
         except av.FFmpegError as exc:
-            reason = f"reading {source.shown} failed: {source.scrub(_why(exc))}"
+            reason = f"reading {source.shown} failed: {self._refused() or source.scrub(_why(exc))}"
             if not source.live:
                 self.on_status("failed", reason)
                 return None
@@ -222,6 +238,12 @@ class Reader:
             self.on_status("completed", None)
             return None
         return f"{source.shown} ended"
+
+    def _refused(self) -> str | None:
+        """The newest reason the stream guard refused one of this source's requests."""
+        if self.lease is None or not self.lease.refusals:
+            return None
+        return self.source.scrub(self.lease.refusals[-1]).replace(self.lease.token, "***")
 
 
 def unsupported(stream: Any) -> str:

@@ -5,6 +5,13 @@ guard as `?image=` (`cvserve.fetch`): network hosts must resolve only to public 
 unless the operator admits them (`allow_stream_nets`); files and capture devices only
 inside an operator's `stream_dirs`, resolved (symlinks followed) before the check.
 Credentials in a URL are kept for opening it and never shown: `shown` replaces them.
+
+Checking the URL once is not enough, as FFmpeg resolves names itself and follows what a
+server names. So plain rtsp:// and rtsps:// are pinned to the checked address (FFmpeg
+never looks the name up), and every HTTP(S) request FFmpeg makes for an http(s):// source
+(the URL, each redirect, each HLS playlist, segment and key) goes through the stream guard
+(`cvserve.streams.proxy`), which checks and pins each one the same way. What remains is
+written in `_network`.
 """
 
 from __future__ import annotations
@@ -22,14 +29,21 @@ from cvserve.errors import BadRequest
 # The guard's own rules (one SSRF policy for images and streams).
 from cvserve.fetch import AllowList, address_problem, local_name
 from cvserve.settings import Settings
+from cvserve.streams.proxy import Policy
 
 NETWORK_SCHEMES = ("rtsp", "rtsps", "http", "https")
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".ts")
 _DEVICE = re.compile(r"/dev/video[0-9]{1,3}")
 _BAD_CHARS = re.compile(r"[\x00-\x20\x7f\\]")
-# What FFmpeg may open while reading a network source (an HLS playlist names more URLs):
-# never a local file, a pipe or a raw socket to anywhere.
-_PROTOCOLS = "rtsp,rtsps,rtp,udp,tcp,tls,http,https,httpproxy,hls,crypto,data"
+# What FFmpeg may open while reading a network source, per scheme: never a local file or a
+# pipe, and no protocol the source's content could steer elsewhere (an HTTP body probed as
+# SDP would open rtp/udp to any address it names; HLS and DASH open only http(s) and data).
+# `tcp` under http(s) only ever connects to the stream guard (FFmpeg's http_proxy).
+_PROTOCOLS = {
+    "http": "http,https,tls,tcp,httpproxy,crypto,data",
+    "rtsp": "rtsp,tcp",
+    "rtsps": "rtsps,tls,tcp",
+}
 
 Kind = Literal["file", "network", "device"]
 
@@ -41,6 +55,8 @@ class Source:
     kind: Kind
     options: dict[str, str] = field(default_factory=dict)  # FFmpeg demuxer/protocol options
     format: str | None = None  # FFmpeg input format, where it cannot be probed (v4l2)
+    # http(s): the stream guard's policy; every request FFmpeg makes goes through it.
+    guard: Policy | None = None
 
     @property
     def live(self) -> bool:
@@ -159,16 +175,30 @@ async def _network(raw: str, scheme: str, settings: Settings) -> Source:
                     f"source refused: {host} is {problem} "
                     "(an operator admits it with --allow-stream-net)"
                 )
-    url = _pinned(parts, addrs[0]) if scheme == "rtsp" else raw
-    options = {"protocol_whitelist": _PROTOCOLS}
-    if scheme in ("rtsp", "rtsps"):
-        options["rtsp_transport"] = "tcp"  # no UDP ports to open, works through NAT
-    return Source(url, shown, "network", options)
+    if scheme in ("http", "https"):
+        # Redirects, playlists and rebinding: each request is checked again by the guard.
+        guard = Policy(
+            tuple(settings.allow_stream_nets),
+            settings.stream_open_timeout_s,
+            settings.stream_read_timeout_s,
+        )
+        return Source(
+            raw, shown, "network", {"protocol_whitelist": _PROTOCOLS["http"]}, guard=guard
+        )
+    # RTSP(S): the URL is pinned to the checked address and the transport is TCP on that one
+    # connection (no UDP ports, no other host). rtsps:// pinned to an address sends no SNI
+    # and cannot be checked against the name; FFmpeg does not verify an RTSPS camera's
+    # certificate at all (tls_verify is off and the rtsp demuxer passes no TLS options),
+    # so pinning loses no check that was made. What remains: an RTSP server's 3xx answer
+    # to OPTIONS or DESCRIBE makes FFmpeg connect to the Location it names, unchecked.
+    options = {"protocol_whitelist": _PROTOCOLS[scheme], "rtsp_transport": "tcp"}
+    return Source(_pinned(parts, addrs[0]), shown, "network", options)
 
 
 def _pinned(parts: SplitResult, ip: object) -> str:
     """The URL with its host replaced by the checked address, so FFmpeg's own lookup cannot
-    be answered differently (DNS rebinding). RTSP only: TLS and HTTP need the name."""
+    be answered differently (DNS rebinding). RTSP(S) only: HTTP(S) goes through the guard,
+    which keeps the name for Host, SNI and certificates."""
     host = f"[{ip}]" if ":" in str(ip) else str(ip)
     userinfo = parts.netloc.rpartition("@")[0]
     netloc = (f"{userinfo}@" if userinfo else "") + host
