@@ -60,6 +60,15 @@ def test_leases_are_held_renewed_and_taken_over_when_they_run_out(store):
     assert not store.claim("s_1", "w1", 60_000, expired_only=False)  # ended: nobody's
 
 
+def test_a_restarted_server_resumes_its_own_streams_not_another_servers(store):
+    store.save(obj("s_mine"), {})
+    store.save(obj("s_theirs", created=2), {})
+    store.save(obj("s_old", created=3), {})  # written before leases: nobody's
+    store.claim("s_mine", "server:a", 60_000, expired_only=False)
+    store.claim("s_theirs", "server:b", 60_000, expired_only=False)
+    assert [o["id"] for o, _ in store.owned("server:a")] == ["s_mine", "s_old"]
+
+
 def test_a_streams_file_of_an_older_server_gains_the_lease_columns(tmp_path):
     path = tmp_path / "streams.sqlite3"
     conn = sqlite3.connect(path)

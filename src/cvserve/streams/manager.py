@@ -7,6 +7,7 @@ import contextvars
 import importlib.util
 import logging
 import secrets
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -45,14 +46,16 @@ def missing_packages(request: StreamRequest | None = None) -> list[str]:
 
 
 class StreamManager:
-    """Runs streams in this process. `owner`: the name of the Ray stream worker this is; its
-    streams are leased in the shared store, and it takes up those whose lease ran out (a
-    worker that died). None: a plain server, which resumes all it left running."""
+    """Runs streams in this process, each leased in the store (renewed while it runs).
+    `owner`: the name of the Ray stream worker this is; it also takes up the streams whose
+    lease ran out (a worker that died). None: a plain server, which resumes the streams it
+    left running (its data dir names it), never another server's on a shared database."""
 
     def __init__(self, settings: Settings, engine: StreamEngine, owner: str | None = None) -> None:
         self.settings = settings
         self.engine = engine
         self.owner = owner
+        self._holder = owner or f"server:{socket.gethostname()}:{settings.data_dir.resolve()}"
         self._lease_ms = int(settings.stream_lease_s * 1000)
         self._runs: dict[str, StreamRun] = {}
         self._store: StreamStore | None = None
@@ -70,11 +73,10 @@ class StreamManager:
         self._store = await asyncio.to_thread(open_stream_store, self.settings)
         if missing_packages():
             return  # nothing can run; the rows wait for a server with the extra
-        if self.owner is not None:
-            self._keeper = asyncio.get_running_loop().create_task(self._keep_leases())
-            return
-        for obj, raw in await asyncio.to_thread(self._store.active):
-            await self._resume(obj, raw, None)
+        if self.owner is None:
+            for obj, raw in await asyncio.to_thread(self._store.owned, self._holder):
+                await self._resume(obj, raw, None)
+        self._keeper = asyncio.get_running_loop().create_task(self._keep_leases())
 
     async def _resume(self, obj: StreamObject, raw: dict[str, Any], lost: str | None) -> None:
         """Starts a stored stream again; `lost`: the worker that ran it (None: this server)."""
@@ -94,10 +96,10 @@ class StreamManager:
             await asyncio.to_thread(self._store.save, obj, raw)
 
     async def _keep_leases(self) -> None:
-        """A Ray worker's leases: renewed a few times per lease; a stream this worker no
-        longer holds (stopped through the store, or taken up elsewhere) is halted here."""
-        assert self._store is not None and self.owner is not None
-        store, owner = self._store, self.owner
+        """Leases renewed a few times per lease; a stream no longer held here (stopped
+        through the store, or taken up elsewhere) is halted."""
+        assert self._store is not None
+        store, owner = self._store, self._holder
         while not self._closing:
             try:
                 mine = [sid for sid, run in self._runs.items() if not run.final]
@@ -105,7 +107,8 @@ class StreamManager:
                 for sid in set(mine) - kept:
                     log.warning("stream %s is no longer this worker's: halted", sid)
                     self._runs.pop(sid).halt()
-                await self._adopt_orphans()
+                if self.owner is not None:
+                    await self._adopt_orphans()
             except asyncio.CancelledError:
                 raise
             except Exception:  # the database away for a moment: the next round retries
@@ -192,9 +195,9 @@ class StreamManager:
         self._forget_old()
         self._runs[stream_id] = run
         self._changed(run)
-        if self.owner is not None and self._store is not None and not resumes:
+        if self._store is not None:
             await asyncio.to_thread(
-                self._store.claim, stream_id, self.owner, self._lease_ms, expired_only=False
+                self._store.claim, stream_id, self._holder, self._lease_ms, expired_only=False
             )
         # A fresh context: the run outlives the request that started it (and its deadline).
         contextvars.Context().run(run.start)

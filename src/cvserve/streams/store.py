@@ -43,6 +43,9 @@ class StreamStore(Protocol):
     def active(self) -> list[Stored]:
         """The streams that were running (oldest first), whoever ran them."""
 
+    def owned(self, owner: str) -> list[Stored]:
+        """The active streams `owner` (or nobody) held: what a restarted server resumes."""
+
     def count_active(self) -> int: ...
 
     def claim(self, stream_id: str, owner: str, lease_ms: int, *, expired_only: bool) -> bool:
@@ -136,6 +139,14 @@ class SqliteStreamStore:
         )
         return [(json.loads(o), json.loads(r)) for o, r in rows]
 
+    def owned(self, owner: str) -> list[Stored]:
+        rows = self._all(
+            f"SELECT object, request FROM streams WHERE status IN ({_MARKS}) "
+            "AND (owner IS NULL OR owner = ?) ORDER BY created",
+            (*ACTIVE, owner),
+        )
+        return [(json.loads(o), json.loads(r)) for o, r in rows]
+
     def count_active(self) -> int:
         return int(
             self._all(f"SELECT count(*) FROM streams WHERE status IN ({_MARKS})", ACTIVE)[0][0]
@@ -219,6 +230,14 @@ class PostgresStreamStore:
         rows = self._rows(
             "SELECT object, request FROM cvserve_streams WHERE status = ANY(%s) ORDER BY created",
             (list(ACTIVE),),
+        )
+        return [(json.loads(r["object"]), json.loads(r["request"])) for r in rows]
+
+    def owned(self, owner: str) -> list[Stored]:
+        rows = self._rows(
+            "SELECT object, request FROM cvserve_streams WHERE status = ANY(%s) "
+            "AND (owner IS NULL OR owner = %s) ORDER BY created",
+            (list(ACTIVE), owner),
         )
         return [(json.loads(r["object"]), json.loads(r["request"])) for r in rows]
 
