@@ -8,6 +8,8 @@ import asyncio
 import logging
 import time
 import traceback
+from asyncio import FIRST_COMPLETED
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -32,6 +34,8 @@ from cvserve.wire.hosted import prediction_json
 T = TypeVar("T")
 log = logging.getLogger("cvserve.streams")
 FINAL = ("completed", "failed", "stopped")
+# Frames of a file read as fast as it goes in the model at once (a live source: one).
+FILE_IN_FLIGHT = 2
 
 
 class StreamEngine(Protocol):
@@ -238,35 +242,64 @@ class StreamRun:
             self._reader.stop()
 
     async def _frames(self) -> None:
+        """Frames from the slot through the model, published in their order. A live source
+        has one frame in flight (its newest is taken when the model is free); a file read
+        as fast as it goes keeps FILE_IN_FLIGHT, so the model's lanes run side by side
+        (one stream alone would leave all but one idle) while tracking still sees every
+        frame in order."""
         next_at = 0.0
         gap = 1.0 / self.request.max_fps if self.request.max_fps else 0.0
-        while not self.final:
-            await self._wake.wait()
-            self._wake.clear()
-            if gap and (wait := next_at - time.monotonic()) > 0:
-                await asyncio.sleep(wait)  # max_fps: a live source's frames meanwhile drop
-            ended = self._slot.ended  # read first: a frame put before the end is taken below
-            frame = self._slot.take()
-            if frame is not None:
-                next_at = time.monotonic() + gap
-                await self._infer(frame)
-                self._wake.set()  # look again: a frame may have come while inferring
-                continue
-            if self._ending is not None and ended:
-                self._set_status(*self._ending)
-
-    async def _infer(self, frame: Frame) -> None:
+        depth = 1 if self._slot.live else FILE_IN_FLIGHT
+        pending: deque[tuple[Frame, asyncio.Task[FrameResult | None]]] = deque()
         try:
-            result = await self.engine.infer(
+            while not self.final:
+                if pending and (len(pending) >= depth or pending[0][1].done()):
+                    done, task = pending.popleft()
+                    self._publish(done, await task)
+                    self._wake.set()  # look again: a frame may have come meanwhile
+                    continue
+                if pending:  # a new frame or the oldest result, whichever comes first
+                    woken = asyncio.ensure_future(self._wake.wait())
+                    await asyncio.wait((woken, pending[0][1]), return_when=FIRST_COMPLETED)
+                    woken.cancel()
+                    if not self._wake.is_set():
+                        continue
+                else:
+                    await self._wake.wait()
+                self._wake.clear()
+                if gap and (wait := next_at - time.monotonic()) > 0:
+                    await asyncio.sleep(wait)  # max_fps: a live source's frames meanwhile drop
+                ended = self._slot.ended  # read first: a frame put before the end is taken below
+                taken = self._slot.take()
+                if taken is not None:
+                    next_at = time.monotonic() + gap
+                    pending.append((taken, asyncio.ensure_future(self._predict(taken))))
+                    self._wake.set()  # look again: the next frame may be there already
+                    continue
+                if self._ending is not None and ended and not pending:
+                    self._set_status(*self._ending)
+        finally:
+            for _, task in pending:
+                task.cancel()
+
+    async def _predict(self, frame: Frame) -> FrameResult | None:
+        """The frame through the engine; None when it was skipped (or the stream failed)."""
+        try:
+            return await self.engine.infer(
                 self.request.model_id, frame.image, self.params, StreamEncoder(self.render)
             )
         except (Overloaded, DeadlineExceeded) as exc:
             self.skipped += 1  # the model is busy: this frame is skipped, not queued
             log.debug("stream %s dropped frame %d: %s", self.id, frame.index, exc.message)
-            return
+            return None
         except CVServeError as exc:
             self.skipped += 1
             self._set_status("failed", f"inference failed: {exc.message}")
+            return None
+
+    def _publish(self, frame: Frame, result: FrameResult | None) -> None:
+        """Tracks the frame's result, counts it and publishes its event."""
+        if result is None or self.final:
             return
         prediction, event = result.prediction, result.body
         ids = self._track(prediction, event)
