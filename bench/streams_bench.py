@@ -453,8 +453,8 @@ def run(args: argparse.Namespace) -> dict:
                 print(f"{args.streams} streams: {parts['many']['fps_out_total']:.1f} frames/s",
                       file=sys.stderr)  # fmt: skip
                 forked = [p for p in tree(pid) if p != pid]
-        # The server's children outlive it (seen: one forked at the first stream, single-
-        # threaded in a futex wait, that its stop leaves behind): reported, then ended.
+        # Any child the server leaves (once OpenVINO's telemetry sender, now declined):
+        # reported, then ended.
         time.sleep(1.0)
         report["server_children_left"] = []
         for child in forked:

@@ -362,3 +362,42 @@ def test_unknown_runtime_is_a_load_error(tmp_path):
     path = conv_model(tmp_path / "conv.onnx")
     with pytest.raises(ModelLoadError):
         pool(path, "tensorrt")
+
+
+_TELEMETRY_PROBE = """
+import json, multiprocessing, threading, time
+{importer}
+import openvino_telemetry
+time.sleep(1.0)  # the sender runs on a thread pool: give it time to fork
+print(json.dumps({{"consent": openvino_telemetry.Telemetry().consent,
+                  "children": len(multiprocessing.active_children())}}))
+"""
+
+
+@pytest.mark.parametrize("through_cvserve", [True, False], ids=["cvserve", "plain-import"])
+def test_openvino_telemetry_is_declined_in_cvserve(tmp_path: Path, through_cvserve: bool) -> None:
+    """OpenVINO's import sends a usage event unless the user opted out (forking a sender that
+    hangs in a threaded server) and writes a client id under ~/intel; through cvserve it
+    sends nothing and writes nothing. The plain import shows the hazard is real."""
+    import os
+    import subprocess
+    import sys
+
+    importer = (
+        "from cvserve.models.backends.openvino import core; core()"
+        if through_cvserve
+        else "import openvino"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "JENKINS_URL")}
+    env["HOME"] = str(tmp_path)
+    probe = _TELEMETRY_PROBE.format(importer=importer)
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    if through_cvserve:
+        assert seen == {"consent": False, "children": 0}
+        assert not (tmp_path / "intel").exists()
+    else:
+        assert seen["consent"] is True and (tmp_path / "intel").exists()

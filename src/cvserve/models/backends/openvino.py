@@ -46,20 +46,40 @@ class RunCancelled(RuntimeError):
     own error type for the same)."""
 
 
+def openvino() -> Any:
+    """The `openvino` module, imported with its telemetry declined. Its import sends a usage
+    event to Google Analytics unless the user opted out (and writes a client id under
+    ~/intel); the sender forks from a threaded server, and the fork hangs on a lock it
+    inherited and outlives the server. cvserve sends nothing anywhere: every consent check
+    of this process answers "declined", as an opted-out user's would."""
+    try:
+        from openvino_telemetry.utils.opt_in_checker import (  # type: ignore[import-untyped]
+            ConsentCheckResult,
+            OptInChecker,
+        )
+    except ImportError:  # an OpenVINO without its telemetry package
+        pass
+    else:
+
+        def declined(self: Any, *args: Any, **kwargs: Any) -> Any:
+            return ConsentCheckResult.DECLINED
+
+        OptInChecker.check = declined
+    import openvino as ov
+
+    return ov
+
+
 def core() -> Any:
     """The process's one `openvino.Core` (it owns the plugin and its thread pools)."""
     with _core_lock:
         if not _core:
-            import openvino as ov
-
-            _core.append(ov.Core())
+            _core.append(openvino().Core())
         return _core[0]
 
 
 def version() -> str:
-    import openvino as ov
-
-    return str(ov.__version__)
+    return str(openvino().__version__)
 
 
 def available() -> bool:
