@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import os
+import platform
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -103,4 +107,27 @@ def summarize(lat: list[float]) -> dict[str, float]:
         "p50_ms": percentile(lat, 50) * 1e3,
         "p99_ms": percentile(lat, 99) * 1e3,
         "mean_ms": (sum(lat) / len(lat) * 1e3) if lat else float("nan"),
+    }
+
+
+def cpu_name() -> str:
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def report_head(n_cores: int, **machine: object) -> dict:
+    """What every bench report starts with: when, the command, and the machine."""
+    return {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": {
+            "cores": n_cores,
+            "cpu": cpu_name(),
+            "python": platform.python_version(),
+            **machine,
+            "loadavg_at_start": os.getloadavg(),
+        },
     }

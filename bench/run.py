@@ -14,10 +14,8 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import datetime
 import json
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -43,6 +41,7 @@ from common import (  # noqa: E402
     median,
     parallel_run,
     percentile,
+    report_head,
     summarize,
 )
 
@@ -520,15 +519,7 @@ def run(args: argparse.Namespace) -> dict:
     store = LocalEngine.from_settings(settings).store
     lanes = store.options.lanes
     report: dict = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": {
-            "cores": n_cores,
-            "cpu": _cpu_name(),
-            "python": platform.python_version(),
-            "onnxruntime": ort.__version__,
-            "loadavg_at_start": os.getloadavg(),
-        },
+        **report_head(n_cores, onnxruntime=ort.__version__),
         "cvserve": {"workers": settings.workers, "threads_per_lane": settings.threads_per_lane()},
         "settings": vars(args) | {"sam_store": str(args.sam_store)},
         "results": {},
@@ -643,14 +634,6 @@ def _external_entry(res: dict, image_file: str) -> dict:
     out = {**summarize(lat), "results": entry.get("results"), "version": res.get("version")}
     out["tput"] = entry.get("throughput_rps", 1.0 / (sum(lat) / len(lat)))
     return out
-
-
-def _cpu_name() -> str:
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def _med(recs: list[dict], *keys: str) -> float:

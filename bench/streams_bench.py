@@ -33,11 +33,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
 import math
 import os
-import platform
 import shutil
 import signal
 import sys
@@ -58,11 +56,11 @@ from common import (  # noqa: E402
     cpu_seconds,
     median,
     percentile,
+    report_head,
 )
 from run import (  # noqa: E402
     PEER_VENV,
     Bare,
-    _cpu_name,
     _goal,
     external,
     model_id,
@@ -397,14 +395,7 @@ def run(args: argparse.Namespace) -> dict:
     tensor, _ = model.preprocess(frame)  # the frame letterboxed to 640 as cvserve does it
     bare = Bare(MODELS_DIR / f"{MODEL}.onnx", n_cores)
     report: dict = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": {
-            "cores": n_cores,
-            "cpu": _cpu_name(),
-            "python": platform.python_version(),
-            "loadavg_at_start": os.getloadavg(),
-        },
+        **report_head(n_cores),
         "clip": {
             "file": clip.name,
             "frames": args.frames,
