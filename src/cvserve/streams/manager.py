@@ -8,6 +8,7 @@ import importlib.util
 import logging
 import secrets
 import socket
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -61,6 +62,7 @@ class StreamManager:
         self._store: StreamStore | None = None
         self._closing = False
         self._keeper: asyncio.Task[None] | None = None
+        self._started = time.monotonic()
         # Why this server runs no streams (a Ray deployment without stream workers).
         self.unavailable: str | None = None
 
@@ -117,12 +119,15 @@ class StreamManager:
 
     async def _adopt_orphans(self) -> None:
         assert self._store is not None and self.owner is not None
+        lease_s = self.settings.stream_lease_s
         for (obj, raw), lost in await asyncio.to_thread(self._store.orphans):
             if self._active() >= self.settings.max_streams:
                 return
             sid = obj["id"]
             if sid in self._runs and not self._runs[sid].final:
                 continue
+            if lost == self.owner and time.monotonic() - self._started < 2 * lease_s:
+                continue  # restarted under its old name: another worker takes these first
             claimed = await asyncio.to_thread(
                 self._store.claim, sid, self.owner, self._lease_ms, expired_only=True
             )
