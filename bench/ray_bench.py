@@ -127,6 +127,10 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=6.0)
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     p.add_argument("--out", type=Path)
+    p.add_argument(
+        "--layouts", nargs="+", metavar="NAME",
+        help="only these layouts (plain and the floor always run), e.g. 'ray colocated 1x all cores'",
+    )  # fmt: skip
     args = p.parse_args()
     index = json.loads((MODELS_DIR / "index.json").read_text())
     photo = MODELS_DIR / index["photos"][args.photo]
@@ -137,7 +141,10 @@ def main() -> None:
     body.write_bytes(base64.b64encode(photo.read_bytes()))
     path = f"/{model_id(args.model)}"
     results: dict[str, dict[str, dict]] = {}
-    for name, extra in {**LAYOUTS, FLOOR: ["floor"]}.items():
+    chosen = {
+        k: v for k, v in LAYOUTS.items() if not args.layouts or k == "plain" or k in args.layouts
+    }
+    for name, extra in {**chosen, FLOOR: ["floor"]}.items():
         route = "/" if extra == ["floor"] else path
         with server(tmp / "store", tmp / name.replace(" ", "-"), extra) as (port, token):
             httpx.post(f"http://127.0.0.1:{port}{route}", content=body.read_bytes(), timeout=120)

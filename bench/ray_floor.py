@@ -23,6 +23,8 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from cvserve.ray.launch import _haproxy_ingress
+
 
 class Model:
     async def __call__(self, data: bytes) -> dict[str, object]:
@@ -45,6 +47,7 @@ def main() -> None:
     args = p.parse_args()
     os.environ.setdefault("RAY_worker_niceness", "0")  # as cvserve --ray local
     temp_dir = tempfile.mkdtemp(prefix="cvray-floor-", dir="/tmp")
+    _haproxy_ingress(temp_dir)  # RAY_SERVE_ENABLE_HA_PROXY=1: HAProxy -> the ingress, as cvserve
     ray.init(
         num_cpus=args.cpus,
         include_dashboard=False,

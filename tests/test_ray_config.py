@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +81,31 @@ def test_a_replica_runs_one_single_threaded_lane_per_cpu_of_its_share(tmp_path: 
     half = replica_settings(Settings(data_dir=tmp_path, ray_replica_cpus=0.5))
     assert (half.lanes(), half.threads_per_lane()) == (1, 1)
     assert replica_store(half).options.wide_threads == 0
+
+
+def test_a_private_instance_asked_for_haproxy_ingress_gets_its_own_ports_and_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cvserve.ray import launch
+
+    names = [
+        "RAY_SERVE_ENABLE_HA_PROXY",
+        "RAY_SERVE_HAPROXY_STATS_PORT",
+        "RAY_SERVE_HAPROXY_METRICS_PORT",
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC",
+    ]
+    for name in [*names, "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT", "RAY_SERVE_HAPROXY_SOCKET_PATH",
+                 "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH", "RAY_SERVE_HAPROXY_SERVER_STATE_BASE",
+                 "RAY_SERVE_HAPROXY_SERVER_STATE_FILE",
+                 "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"]:  # fmt: skip
+        monkeypatch.setenv(name, "")  # restored (unset) after the test
+        monkeypatch.delenv(name)
+    # Not asked for (Serve's own proxy, the default): nothing is set.
+    launch._haproxy_ingress(str(tmp_path))
+    assert not any(name in os.environ for name in names)
+    monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "1")
+    launch._haproxy_ingress(str(tmp_path))
+    ports = {int(os.environ[name]) for name in names[1:4]}
+    assert len(ports) == 3 and all(port > 0 for port in ports)
+    assert os.environ["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"].startswith(str(tmp_path))
