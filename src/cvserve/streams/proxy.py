@@ -35,8 +35,6 @@ process (Python's, curl's) read the same way and FFmpeg does not read.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import logging
 import os
@@ -46,29 +44,27 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
 from cvserve.errors import CVServeError
-from cvserve.fetch import AllowList, check_host, parse_url
+from cvserve.fetch import AllowList, check_host
+from cvserve.streams.proxy_wire import (
+    HEAD_LIMIT,
+    HOP_HEADERS,
+    WHAT,
+    Refused,
+    absolute_target,
+    answer,
+    connect,
+    connect_target,
+    head,
+    read_head,
+    relay,
+    token,
+)
 
 log = logging.getLogger("cvserve.streams")
 
-HEAD_LIMIT = 16 * 1024  # a request or response head larger than this is refused
-HEAD_TIMEOUT_S = 10.0  # a client that sends no full request head in this long is dropped
 MAX_CONNECTIONS = 128  # at once, all streams together
 MAX_PER_LEASE = 8  # at once, one stream (an HLS stream uses two; redirects are sequential)
-REALM = "cvserve-streams"
-WHAT = "stream request"
-_HOP_HEADERS = {
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authorization",
-    "proxy-authenticate",
-    "te",
-    "trailer",
-    "upgrade",
-}
 
 
 @dataclass(frozen=True)
@@ -107,12 +103,6 @@ class Lease:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
-
-
-class _Refused(Exception):
-    def __init__(self, status: int, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.reason, self.message = status, reason, message
 
 
 class StreamProxy:
@@ -217,21 +207,21 @@ class StreamProxy:
         self._active += 1
         try:
             if self._active > MAX_CONNECTIONS:
-                raise _Refused(503, "Service Unavailable", "too many stream connections")
-            method, target, headers = await _read_head(reader)
-            lease = self._leases.get(_token(headers) or "")
+                raise Refused(503, "Service Unavailable", "too many stream connections")
+            method, target, headers = await read_head(reader)
+            lease = self._leases.get(token(headers) or "")
             if lease is None:
-                raise _Refused(407, "Proxy Authentication Required", "no stream lease")
+                raise Refused(407, "Proxy Authentication Required", "no stream lease")
             if len(lease.tasks) >= MAX_PER_LEASE:
-                raise _Refused(503, "Service Unavailable", "too many connections for a stream")
+                raise Refused(503, "Service Unavailable", "too many connections for a stream")
             assert task is not None
             lease.tasks.add(task)
             upstream = await self._serve(lease, method, target, headers, reader, writer)
-        except _Refused as refused:
+        except Refused as refused:
             if refused.status == 403 and lease is not None:
                 lease.refusals.append(refused.message)
                 log.warning("stream guard: %s", refused.message)
-            await _answer(writer, refused)
+            await answer(writer, refused)
         except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError):
             pass  # a client or upstream that went away or fell silent: just close
         except asyncio.CancelledError:
@@ -258,178 +248,45 @@ class StreamProxy:
         policy = lease.policy
         names = {name.lower(): value for name, value in headers}
         if method == "CONNECT":
-            url = _connect_target(target)
+            url = connect_target(target)
         elif method in ("GET", "HEAD"):
             if names.get("content-length", "0").strip() != "0" or "transfer-encoding" in names:
-                raise _Refused(400, "Bad Request", "a GET with a body")
-            url = _absolute_target(target)
+                raise Refused(400, "Bad Request", "a GET with a body")
+            url = absolute_target(target)
         else:
-            raise _Refused(405, "Method Not Allowed", f"method {method[:16]!r}")
+            raise Refused(405, "Method Not Allowed", f"method {method[:16]!r}")
         try:
             addrs = await check_host(url, lease.allow, policy.connect_timeout_s, WHAT)
         except CVServeError as exc:
             status = 504 if exc.status == 504 else 403
-            raise _Refused(status, "Forbidden" if status == 403 else "Gateway Timeout",
+            raise Refused(status, "Forbidden" if status == 403 else "Gateway Timeout",
                            f"{exc.message} (the source, a redirect or a playlist named it; "
                            "an operator admits a network with --allow-stream-net)") from None  # fmt: skip
         port = url.port or (443 if url.scheme == "https" else 80)
-        up_reader, upstream = await _connect(addrs, port, policy.connect_timeout_s, url.host)
+        up_reader, upstream = await connect(addrs, port, policy.connect_timeout_s, url.host)
         if method == "CONNECT":
             writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
             await writer.drain()
-            await _relay([(reader, upstream), (up_reader, writer)], policy.idle_timeout_s)
+            await relay([(reader, upstream), (up_reader, writer)], policy.idle_timeout_s)
             return upstream
         path = url.raw_path.decode("ascii") or "/"
-        kept = [(n, v) for n, v in headers if n.lower() not in _HOP_HEADERS]
-        upstream.write(_head(f"{method} {path} HTTP/1.1", kept + [("Connection", "close")]))
+        kept = [(n, v) for n, v in headers if n.lower() not in HOP_HEADERS]
+        upstream.write(head(f"{method} {path} HTTP/1.1", kept + [("Connection", "close")]))
         await upstream.drain()
         try:
             status, response = await asyncio.wait_for(
-                _read_head(up_reader, response=True), policy.idle_timeout_s
+                read_head(up_reader, response=True), policy.idle_timeout_s
             )
         except (ValueError, asyncio.LimitOverrunError):
-            raise _Refused(502, "Bad Gateway", f"{url.host} sent no valid HTTP answer") from None
-        kept = [(n, v) for n, v in response if n.lower() not in _HOP_HEADERS]
-        writer.write(_head(status, kept + [("Connection", "close")]))
+            raise Refused(502, "Bad Gateway", f"{url.host} sent no valid HTTP answer") from None
+        kept = [(n, v) for n, v in response if n.lower() not in HOP_HEADERS]
+        writer.write(head(status, kept + [("Connection", "close")]))
         await writer.drain()
-        await _relay([(reader, None), (up_reader, writer)], policy.idle_timeout_s)
+        await relay([(reader, None), (up_reader, writer)], policy.idle_timeout_s)
         return upstream
 
 
 # -- HTTP/1.1 pieces -----------------------------------------------------------------------------
-
-
-async def _read_head(reader: asyncio.StreamReader, response: bool = False) -> Any:
-    """(method, target, headers) of a request, or (status line, headers) of a response."""
-    try:
-        raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT_S)
-    except asyncio.LimitOverrunError:
-        if response:
-            raise
-        raise _Refused(431, "Request Header Fields Too Large", "request head too large") from None
-    lines = raw.decode("latin-1").split("\r\n")[:-2]
-    headers: list[tuple[str, str]] = []
-    for line in lines[1:]:
-        name, colon, value = line.partition(":")
-        if not colon or not name or name != name.strip():
-            if response:
-                raise ValueError("bad header")
-            raise _Refused(400, "Bad Request", "malformed request head")
-        headers.append((name, value.strip()))
-    if response:
-        if not lines[0].startswith("HTTP/1."):
-            raise ValueError("not HTTP")
-        return lines[0], headers
-    parts = lines[0].split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-        raise _Refused(400, "Bad Request", "malformed request line")
-    return parts[0], parts[1], headers
-
-
-def _token(headers: list[tuple[str, str]]) -> str | None:
-    for name, value in headers:
-        if name.lower() != "proxy-authorization":
-            continue
-        scheme, _, encoded = value.partition(" ")
-        if scheme.lower() != "basic":
-            return None
-        try:
-            user_pass = base64.b64decode(encoded.strip(), validate=True).decode("latin-1")
-        except (binascii.Error, ValueError):
-            return None
-        return user_pass.partition(":")[2] or None
-    return None
-
-
-def _connect_target(target: str) -> httpx.URL:
-    host, colon, port = target.rpartition(":")
-    if not colon or not port.isdigit() or not host:
-        raise _Refused(400, "Bad Request", "CONNECT needs host:port")
-    try:
-        return parse_url(f"https://{host}:{port}/", WHAT)
-    except CVServeError as exc:
-        raise _Refused(403, "Forbidden", exc.message) from None
-
-
-def _absolute_target(target: str) -> httpx.URL:
-    if not target.lower().startswith("http://"):
-        raise _Refused(400, "Bad Request", "a proxy request names an absolute http:// URL")
-    try:
-        return parse_url(target, WHAT)
-    except CVServeError as exc:
-        raise _Refused(403, "Forbidden", exc.message) from None
-
-
-async def _connect(
-    addrs: list[str], port: int, timeout: float, host: str
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A connection to the first checked address that answers (never a name: no lookup)."""
-    for addr in addrs:
-        try:
-            return await asyncio.wait_for(
-                asyncio.open_connection(addr, port, limit=HEAD_LIMIT), timeout
-            )
-        except (OSError, asyncio.TimeoutError):
-            continue
-    raise _Refused(502, "Bad Gateway", f"cannot connect to {host}:{port}")
-
-
-def _head(first: str, headers: list[tuple[str, str]]) -> bytes:
-    lines = [first] + [f"{name}: {value}" for name, value in headers]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
-async def _answer(writer: asyncio.StreamWriter, refused: _Refused) -> None:
-    body = (refused.message + "\n").encode("utf-8", "replace")
-    headers = [
-        ("Content-Type", "text/plain; charset=utf-8"),
-        ("Content-Length", str(len(body))),
-        ("Connection", "close"),
-    ]
-    if refused.status == 407:
-        headers.append(("Proxy-Authenticate", f'Basic realm="{REALM}"'))
-    try:
-        writer.write(_head(f"HTTP/1.1 {refused.status} {refused.reason}", headers) + body)
-        await asyncio.wait_for(writer.drain(), HEAD_TIMEOUT_S)
-    except (OSError, asyncio.TimeoutError):
-        pass
-
-
-async def _relay(
-    pairs: list[tuple[asyncio.StreamReader, asyncio.StreamWriter | None]], idle_s: float
-) -> None:
-    """Copy each reader to its writer (None: read and drop) until one side ends or both
-    fall silent for idle_s."""
-    loop = asyncio.get_running_loop()
-    last = [loop.time()]
-
-    async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter | None) -> None:
-        while True:
-            data = await src.read(65536)
-            if not data:
-                return
-            last[0] = loop.time()
-            if dst is not None:
-                dst.write(data)
-                await dst.drain()
-                last[0] = loop.time()
-
-    tasks = [asyncio.ensure_future(pipe(src, dst)) for src, dst in pairs]
-    try:
-        while True:
-            left = last[0] + idle_s - loop.time()
-            if left <= 0:
-                return
-            done, _ = await asyncio.wait(tasks, timeout=left, return_when=asyncio.FIRST_COMPLETED)
-            if done:
-                for task in done:
-                    if not task.cancelled() and task.exception() is not None:
-                        return  # a reset or a broken pipe: the exchange is over
-                return
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _hide_no_proxy() -> None:
