@@ -174,8 +174,9 @@ def test_a_killed_stream_worker_hands_its_stream_to_another(request, engine):
         listener.start()
         time.sleep(1.0)
         os.kill(_worker_pid(first), signal.SIGKILL)
-        seen = status_of(c, sid)  # at once: the status says its worker is gone
-        assert seen["status"] in ("running", "reconnecting"), seen
+        # Until another worker runs it, the stream says its worker is gone, and which.
+        gap = wait_for(lambda: status_of(c, sid), lambda o: o["status"] == "reconnecting", 20)
+        assert first in gap["error"], gap
         moved = wait_for(
             lambda: status_of(c, sid),
             lambda o: o["worker"] not in (None, first) and o["stats"]["frames_inferred"] >= 3,

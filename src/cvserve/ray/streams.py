@@ -163,11 +163,16 @@ class RayStreams:
         await asyncio.to_thread(self.store.save, obj, {})
         return obj
 
-    async def frame(self, stream_id: str) -> bytes:
+    async def _running_owner(self, stream_id: str) -> str:
+        """The worker holding the stream; 404 for an unknown stream or one nobody runs."""
         owner = await self._owner(stream_id)
         if owner is None:
             await self.get(stream_id)  # 404 for an unknown stream
             raise CVServeError(f"stream {stream_id} is not running", status=404)
+        return owner
+
+    async def frame(self, stream_id: str) -> bytes:
+        owner = await self._running_owner(stream_id)
         try:
             jpeg: bytes = await self._call(owner, "frame", stream_id)
         except WorkerLost:
@@ -180,11 +185,7 @@ class RayStreams:
         return self._follow(stream_id, start)
 
     async def mjpeg(self, stream_id: str) -> AsyncIterator[bytes]:
-        owner = await self._owner(stream_id)
-        if owner is None:
-            await self.get(stream_id)
-            raise CVServeError(f"stream {stream_id} is not running", status=404)
-        return self._relay(owner, "mjpeg", stream_id)
+        return self._relay(await self._running_owner(stream_id), "mjpeg", stream_id)
 
     async def _relay(self, owner: str, method: str, *args: Any) -> AsyncIterator[bytes]:
         """A worker's streaming answer, chunk by chunk; raises WorkerLost if it dies."""

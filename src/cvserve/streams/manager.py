@@ -121,7 +121,7 @@ class StreamManager:
         assert self._store is not None and self.owner is not None
         lease_s = self.settings.stream_lease_s
         for (obj, raw), lost in await asyncio.to_thread(self._store.orphans):
-            if self._active() >= self.settings.max_streams:
+            if self.active_count() >= self.settings.max_streams:
                 return
             sid = obj["id"]
             if sid in self._runs and not self._runs[sid].final:
@@ -134,7 +134,8 @@ class StreamManager:
             if claimed:
                 await self._resume(obj, raw, lost or "a stopped server")
 
-    def _active(self) -> int:
+    def active_count(self) -> int:
+        """Streams running here (not yet ended)."""
         return sum(1 for run in self._runs.values() if not run.final)
 
     async def close(self) -> None:
@@ -162,7 +163,7 @@ class StreamManager:
                 f"missing): {EXTRA_HINT}",
                 status=501,
             )
-        active = self._active()
+        active = self.active_count()
         if active >= self.settings.max_streams:
             raise TooManyRequests(
                 f"this server runs at most {self.settings.max_streams} streams at once "
@@ -224,18 +225,11 @@ class StreamManager:
     def held_run(self, stream_id: str) -> StreamRun | None:
         return self._runs.get(stream_id)
 
-    def active_count(self) -> int:
-        return self._active()
-
     def run(self, stream_id: str) -> StreamRun:
         run = self._runs.get(stream_id)
         if run is None:
             raise StreamNotFound(f"stream {stream_id} not found")
         return run
-
-    def runs(self) -> list[StreamRun]:
-        """The streams held in memory (running, and the recently ended)."""
-        return list(self._runs.values())
 
     def held(self) -> list[StreamObject]:
         return [run.as_dict() for run in self._runs.values()]
