@@ -83,7 +83,7 @@ def test_a_replica_runs_one_single_threaded_lane_per_cpu_of_its_share(tmp_path: 
     assert replica_store(half).options.wide_threads == 0
 
 
-def test_a_private_instance_asked_for_haproxy_ingress_gets_its_own_ports_and_files(
+def test_a_private_instance_serves_through_haproxy_on_its_own_ports_and_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from cvserve.ray import launch
@@ -101,11 +101,24 @@ def test_a_private_instance_asked_for_haproxy_ingress_gets_its_own_ports_and_fil
                  "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"]:  # fmt: skip
         monkeypatch.setenv(name, "")  # restored (unset) after the test
         monkeypatch.delenv(name)
-    # Not asked for (Serve's own proxy, the default): nothing is set.
-    launch._haproxy_ingress(str(tmp_path))
-    assert not any(name in os.environ for name in names)
-    monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "1")
-    launch._haproxy_ingress(str(tmp_path))
+    # Turned off: Serve's own proxy, and nothing else is set.
+    monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "0")
+    assert launch.haproxy_ingress(str(tmp_path)) is False
+    assert not any(name in os.environ for name in names[1:])
+    # A Ray without HAProxy (before 2.60, or not Linux): Serve's own proxy.
+    monkeypatch.delenv("RAY_SERVE_ENABLE_HA_PROXY")
+    shipped = launch.haproxy_shipped
+    monkeypatch.setattr(launch, "haproxy_shipped", lambda: False)
+    assert launch.haproxy_ingress(str(tmp_path)) is False
+    assert os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
+    assert not any(name in os.environ for name in names[1:])
+    # The default where Ray ships it (this test environment's Ray does): HAProxy, with
+    # this instance's own free ports and files (every name above is restored afterwards).
+    monkeypatch.setattr(launch, "haproxy_shipped", shipped)
+    monkeypatch.delenv("RAY_SERVE_ENABLE_HA_PROXY")
+    assert launch.haproxy_shipped()
+    assert launch.haproxy_ingress(str(tmp_path)) is True
+    assert os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
     ports = {int(os.environ[name]) for name in names[1:4]}
     assert len(ports) == 3 and all(port > 0 for port in ports)
     assert os.environ["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"].startswith(str(tmp_path))

