@@ -65,7 +65,16 @@ async def _worker(
             counter[0] += 1
             t0 = time.perf_counter()
             writer.write(request)
-            status, _ = await _read_response(reader)
+            try:
+                status, _ = await _read_response(reader)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                # The server closed the connection without an answer (a proxy reloading
+                # its configuration closes its idle keep-alive connections): counted as an
+                # error, and the worker goes on over a new connection.
+                errors.append("connection closed without an answer")
+                writer.close()
+                reader, writer = await asyncio.open_connection(host, port)
+                continue
             dt = time.perf_counter() - t0
             if status != 200:
                 errors.append(f"HTTP {status}")
