@@ -97,7 +97,12 @@ async def run_load(
     reader, writer = await asyncio.open_connection(host, port)
     for _ in range(warmup):
         writer.write(request)
-        status, _ = await _read_response(reader)
+        try:
+            status, _ = await _read_response(reader)
+        except (asyncio.IncompleteReadError, ConnectionError):  # as in _worker; not measured
+            writer.close()
+            reader, writer = await asyncio.open_connection(host, port)
+            continue
         if status != 200:
             writer.close()
             return {"error": f"warm-up answered HTTP {status}"}
