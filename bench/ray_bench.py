@@ -10,7 +10,8 @@ apps of each layout's shape that run no model (`ray_floor.py`: one hop for the c
 layout, two for split). Reports images/s, p50 and the CPU per request of every process of
 the layout (the server, its Ray processes) at each concurrency, each Ray layout's ratio to
 plain, and cvserve's own CPU per image on the Ray path: its CPU per request, less plain
-cvserve's, less its shape's floor's. With --rounds N the layouts take turns N times and each
+cvserve's, less Ray's (its shape's floor's CPU per request, with the floor's idle CPU per
+second counted at the layout's images/s: `ray_cost`). With --rounds N the layouts take turns N times and each
 figure is the median round's (each layout against plain's figure of the same round). Needs
 `pip install 'cvserve[ray]'` and the bench models (`bench/models.py`, bench/README.md).
 """
@@ -107,6 +108,7 @@ def split_env(extra: list[str]) -> tuple[dict[str, str], list[str]]:
     return env, [item for item in extra if not ("=" in item and item[:1].isupper())]
 
 
+IDLE_S = 5.0  # how long each layout's CPU is read while it serves nothing
 MARK = "CVSERVE_BENCH_LAYOUT"  # inherited by every process of a layout, Ray's workers too
 
 
@@ -206,11 +208,17 @@ def measure_layout(
     concurrency: list[int],
     duration: float,
 ) -> dict[str, dict]:
-    """Start the layout, warm it with one request, then measure each concurrency in turn."""
+    """Start the layout, warm it with one request, read its CPU while idle (IDLE_S), then
+    measure each concurrency in turn."""
     route = "/" if "floor" in extra else path
     measured_layout: dict[str, dict] = {}
     with server(tmp / "store", tmp / name.replace(" ", "-"), extra) as (port, token):
         httpx.post(f"http://127.0.0.1:{port}{route}", content=body.read_bytes(), timeout=120)
+        time.sleep(2.0)  # the warm-up's own after-work (a load's report, caches) first
+        cpu0 = layout_cpu(token)
+        time.sleep(IDLE_S)
+        idle = {k: v / IDLE_S * 1e3 for k, v in cpu_by_role(cpu0, layout_cpu(token)).items()}
+        measured_layout["idle"] = {"cpu_ms_per_s": sum(idle.values()), "by_role": idle}
         for c in concurrency:
             cpu0 = layout_cpu(token)
             measured = http_measure(port, "self", route, body, c, duration)
@@ -221,6 +229,20 @@ def measure_layout(
             measured["cpu_ms_by_role"] = by_role
             measured_layout[f"c{c}"] = measured
     return measured_layout
+
+
+def ray_cost(floor: dict[str, dict], c: int, images_per_s: float) -> float:
+    """Ray's own CPU per image at a layout's rate, from its floor: the floor's CPU per
+    request, with Ray's steady background (the floor's idle CPU per second: controller
+    loop, raylet, GCS, agents) counted at the layout's images/s instead of the floor's
+    requests/s (the floor answers ~60x as many, so its per-request figure hides it)."""
+    idle = floor["idle"]["cpu_ms_per_s"]
+    busy = floor[f"c{c}"]
+    return float(
+        busy["layout_cpu_ms"]
+        - idle / max(busy.get("tput", 0.0), 1e-9)
+        + idle / max(images_per_s, 1e-9)
+    )
 
 
 def median_round(layout_rounds: list[dict[str, dict]]) -> dict[str, dict]:
@@ -280,7 +302,7 @@ def main() -> None:
             f"c{c}": median(
                 r[name][f"c{c}"]["layout_cpu_ms"]
                 - r["plain"][f"c{c}"]["layout_cpu_ms"]
-                - r[floor_of(name)][f"c{c}"]["layout_cpu_ms"]
+                - ray_cost(r[floor_of(name)], c, r[name][f"c{c}"].get("tput", 0.0))
                 for r in rounds
             )
             for c in args.concurrency
@@ -351,6 +373,11 @@ def main() -> None:
             f"c={c[1:]} " + ", ".join(f"{x['p50_minus_plain_ms']:+.1f}" for x in v["by_round"])
             for c, v in per_c.items()
         ) + " ms")  # fmt: skip
+    for name, r in results.items():
+        idle = r["idle"]
+        print(f"idle CPU ms/s, {name}: {idle['cpu_ms_per_s']:.0f} (" + ", ".join(
+            f"{role} {ms:.0f}" for role, ms in sorted(idle["by_role"].items())
+        ) + ")")  # fmt: skip
     for name, per_c in own.items():
         print(f"cvserve's own CPU on the Ray path, {name}: " + ", ".join(
             f"c={c} {ms:.1f} ms/img" for c, ms in per_c.items()
