@@ -240,11 +240,21 @@ def test_both_engines_answer_alike(local_engine_server: Served, ray_engine_serve
     assert local["add unknown"][0] == 404 and local["400"][0] == 400
 
 
+def temp_dir_of(data_dir: Path) -> str:
+    """A `--ray local` server's Ray temp folder, from the pidfile in its data dir."""
+    return (data_dir / "ray-local.pid").read_text().split()[1]
+
+
 def test_the_colocated_ray_layout_answers_alike(
     local_engine_server: Served, engine_store: Path, postgres: PostgresServer
 ) -> None:
     """`--ray-layout colocated` (each replica runs the doors and the models: one hop) on a
-    private Ray instance: the same answers, and the deployment's view of what is loaded."""
+    private Ray instance, through the ingress `--ray local` picks (Serve's HAProxy ingress
+    where Ray ships it): the same answers, the deployment's view of what is loaded, and a
+    tracked stream's events alike, frame for frame."""
+    from cvserve.ray.launch import instance_processes
+    from tests.test_streams_engines import crossing_events
+
     pytest.importorskip("ray", reason="Ray Serve is not installed: pip install 'cvserve[ray]'")
     env = {
         **engine_env(engine_store, "colocated", postgres.new_database()),
@@ -263,5 +273,14 @@ def test_the_colocated_ray_layout_answers_alike(
             assert registry(http) == ["rect/1"]
             http.post("/model/clear")
             assert registry(http) == []
+        # The default ingress here (Ray ships HAProxy in the test environment): HAProxy.
+        assert any(
+            Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"/haproxy")
+            for pid in instance_processes(temp_dir_of(Path(env["CVSERVE_DATA_DIR"])))
+        )
+        colocated = Served("ray", url, engine_store, env["CVSERVE_DATABASE_URL"], 2, {})
+        events = crossing_events(colocated)
+        assert [f["frame"] for f in events] == list(range(40))
+        assert events == crossing_events(local_engine_server)
     finally:
         stop(proc)
