@@ -49,6 +49,14 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, int]:
     return status, length
 
 
+async def _reopen(
+    writer: asyncio.StreamWriter, host: str, port: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A new connection in place of one the server closed."""
+    writer.close()
+    return await asyncio.open_connection(host, port)
+
+
 async def _worker(
     host: str,
     port: int,
@@ -72,8 +80,7 @@ async def _worker(
                 # its configuration closes its idle keep-alive connections): counted as an
                 # error, and the worker goes on over a new connection.
                 errors.append("connection closed without an answer")
-                writer.close()
-                reader, writer = await asyncio.open_connection(host, port)
+                reader, writer = await _reopen(writer, host, port)
                 continue
             dt = time.perf_counter() - t0
             if status != 200:
@@ -100,8 +107,7 @@ async def run_load(
         try:
             status, _ = await _read_response(reader)
         except (asyncio.IncompleteReadError, ConnectionError):  # as in _worker; not measured
-            writer.close()
-            reader, writer = await asyncio.open_connection(host, port)
+            reader, writer = await _reopen(writer, host, port)
             continue
         if status != 200:
             writer.close()

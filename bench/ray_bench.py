@@ -11,8 +11,9 @@ layout, two for split). Reports images/s, p50 and the CPU per request of every p
 the layout (the server, its Ray processes) at each concurrency, each Ray layout's ratio to
 plain, and cvserve's own CPU per image on the Ray path: its CPU per request, less plain
 cvserve's, less Ray's (its shape's floor's CPU per request, with the floor's idle CPU per
-second counted at the layout's images/s: `ray_cost`). With --rounds N the layouts take turns N times and each
-figure is the median round's (each layout against plain's figure of the same round). Needs
+second counted at the layout's images/s: `ray_cost`). With --rounds N the layouts take
+turns N times and each figure is the median round's (each layout against plain's figure
+of the same round). Needs
 `pip install 'cvserve[ray]'` and the bench models (`bench/models.py`, bench/README.md).
 """
 
@@ -103,9 +104,10 @@ def floor_of(layout: str) -> str:
 
 
 def split_env(extra: list[str]) -> tuple[dict[str, str], list[str]]:
-    """A layout's leading NAME=VALUE items (its environment), and its arguments."""
-    env = dict(item.split("=", 1) for item in extra if "=" in item and item[:1].isupper())
-    return env, [item for item in extra if not ("=" in item and item[:1].isupper())]
+    """A layout's NAME=VALUE items (its environment), and its arguments."""
+    is_env = ["=" in item and item[:1].isupper() for item in extra]
+    env = dict(item.split("=", 1) for item, e in zip(extra, is_env, strict=True) if e)
+    return env, [item for item, e in zip(extra, is_env, strict=True) if not e]
 
 
 IDLE_S = 5.0  # how long each layout's CPU is read while it serves nothing
@@ -152,7 +154,7 @@ def _role(cmdline: str) -> str:
         return "raylet+gcs"
     if cmdline.startswith("ray::ServeReplica:"):
         # "ray::ServeReplica:APP:DEPLOYMENT", with ".METHOD" while it runs one
-        return cmdline.split("\0", 1)[0].rsplit(":", 1)[-1].split(".", 1)[0].strip()
+        return program.rsplit(":", 1)[-1].split(".", 1)[0].strip()
     return "other"
 
 
@@ -245,6 +247,22 @@ def ray_cost(floor: dict[str, dict], c: int, images_per_s: float) -> float:
     )
 
 
+def against_plain(rounds: list[dict[str, dict[str, dict]]], name: str, key: str) -> dict:
+    """A layout's images/s ratio and p50 gap to plain's of the same round: by round, and
+    the median of each."""
+    by_round = [
+        {
+            "tput_vs_plain": r[name][key]["tput"] / r["plain"][key]["tput"],
+            "p50_minus_plain_ms": r[name][key]["p50_ms"] - r["plain"][key]["p50_ms"],
+        }
+        for r in rounds
+    ]
+    return {
+        **{k: median(x[k] for x in by_round) for k in ("tput_vs_plain", "p50_minus_plain_ms")},
+        "by_round": by_round,
+    }
+
+
 def median_round(layout_rounds: list[dict[str, dict]]) -> dict[str, dict]:
     """Per concurrency, the round with the median images/s (its figures kept together)."""
     chosen: dict[str, dict] = {}
@@ -311,25 +329,7 @@ def main() -> None:
         if name.startswith("ray ") and name not in FLOORS
     }
     ratios = {
-        name: {
-            f"c{c}": {
-                "tput_vs_plain": median(
-                    r[name][f"c{c}"]["tput"] / r["plain"][f"c{c}"]["tput"] for r in rounds
-                ),
-                "p50_minus_plain_ms": median(
-                    r[name][f"c{c}"]["p50_ms"] - r["plain"][f"c{c}"]["p50_ms"] for r in rounds
-                ),
-                "by_round": [
-                    {
-                        "tput_vs_plain": r[name][f"c{c}"]["tput"] / r["plain"][f"c{c}"]["tput"],
-                        "p50_minus_plain_ms": r[name][f"c{c}"]["p50_ms"]
-                        - r["plain"][f"c{c}"]["p50_ms"],
-                    }
-                    for r in rounds
-                ],
-            }
-            for c in args.concurrency
-        }
+        name: {f"c{c}": against_plain(rounds, name, f"c{c}") for c in args.concurrency}
         for name in results
         if name != "plain" and name not in FLOORS
     }
@@ -357,9 +357,11 @@ def main() -> None:
         cells = []
         for c in args.concurrency:
             m = r[f"c{c}"]
-            ratio = ratios[name][f"c{c}"]["tput_vs_plain"] if name in ratios else 1.0
-            if name in FLOORS:
-                ratio = m["tput"] / plain[f"c{c}"]["tput"]
+            ratio = (  # a floor's (and plain's own) is its median round's
+                ratios[name][f"c{c}"]["tput_vs_plain"]
+                if name in ratios
+                else m["tput"] / plain[f"c{c}"]["tput"]
+            )
             cells += [f"{m['tput']:.1f}", f"{m['p50_ms']:.1f}", f"{ratio:.2f}"]
             cells.append(f"{m['layout_cpu_ms']:.1f}")
         print(f"| {name} | " + " | ".join(cells) + " |")

@@ -234,6 +234,16 @@ def wait_final(client: httpx.Client, stream_id: str, timeout: float) -> dict:
         time.sleep(0.25)
 
 
+def outcome(final: dict) -> dict:
+    """How a stream ended and its frame counts, from its final status."""
+    stats = final["stats"]
+    return {
+        "status": final["status"],
+        "error": final["error"],
+        **{k: stats[k] for k in ("frames_read", "frames_inferred", "frames_dropped")},
+    }
+
+
 def sse_latency(frames: list[tuple[float, dict]]) -> dict[str, float]:
     """Frame decode (the event's `time`) to the event's receipt, ms."""
     lat = [(t - d["time"]) * 1e3 for t, d in frames]
@@ -255,11 +265,7 @@ def file_stream(client: httpx.Client, base: str, pid: int, clip: Path, timeout: 
     if len(frames) > 10:
         steady = (len(frames) - 1) / (frames[-1][0] - frames[0][0])
     return {
-        "status": final["status"],
-        "error": final["error"],
-        "frames_read": stats["frames_read"],
-        "frames_inferred": stats["frames_inferred"],
-        "frames_dropped": stats["frames_dropped"],
+        **outcome(final),
         "sse_frames": len(frames),
         "sse_error": events.error,
         "wall_s": wall,
@@ -283,11 +289,7 @@ def live_stream(client: httpx.Client, base: str, pid: int, clip: Path, timeout: 
     stats = final["stats"]
     span = frames[-1][0] - frames[0][0] if len(frames) > 1 else float("nan")
     return {
-        "status": final["status"],
-        "error": final["error"],
-        "frames_read": stats["frames_read"],
-        "frames_inferred": stats["frames_inferred"],
-        "frames_dropped": stats["frames_dropped"],
+        **outcome(final),
         "fps_out": (len(frames) - 1) / span if frames else float("nan"),
         "stats_latency_ms": stats["latency_ms"],  # the server's: decode to result
         "sse_latency": sse_latency(frames),  # decode to the event's receipt here

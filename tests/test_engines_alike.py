@@ -242,7 +242,9 @@ def test_both_engines_answer_alike(local_engine_server: Served, ray_engine_serve
 
 def temp_dir_of(data_dir: Path) -> str:
     """A `--ray local` server's Ray temp folder, from the pidfile in its data dir."""
-    return (data_dir / "ray-local.pid").read_text().split()[1]
+    from cvserve.ray.launch import PIDFILE
+
+    return (data_dir / PIDFILE).read_text().split()[1]
 
 
 def test_the_colocated_ray_layout_answers_alike(
