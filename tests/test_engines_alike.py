@@ -265,7 +265,12 @@ def test_the_colocated_ray_layout_answers_alike(
     args = ["--ray", "local", "--ray-layout", "colocated", "--replicas", "2", "--replica-cpus", "1"]
     proc, url = serve_subprocess(engine_store, *args, env=env, timeout=180.0, new_session=True)
     try:
-        assert eventually(lambda: httpx.get(f"{url}/readiness").status_code == 200, 120)
+        # Each replica answers /readiness for itself and preloads on its own: a tour begun
+        # while one still loads would see that preload land after its clear.
+        ready = lambda: all(  # noqa: E731
+            httpx.get(f"{url}/readiness").status_code == 200 for _ in range(12)
+        )
+        assert eventually(ready, 120)
         assert tour(url) == tour(local_engine_server.url)
         with httpx.Client(base_url=url, timeout=60, params={"api_key": KEY}) as http:
             for _ in range(6):  # Serve spreads them: both replicas load rect/1
